@@ -56,6 +56,7 @@ fn suite(fs: &dyn Fs, root: &Path) {
     append_after_reopen_and_truncate(fs, root);
     set_len_then_append(fs, root);
     rename_replaces_target(fs, root);
+    rename_directory(fs, root);
     handle_follows_rename(fs, root);
     list_is_sorted(fs, root);
     remove_file(fs, root);
@@ -185,6 +186,23 @@ fn rename_replaces_target(fs: &dyn Fs, root: &Path) {
     assert!(
         fs.exists(&other.join("d")),
         "a failed rename leaves the source"
+    );
+}
+
+fn rename_directory(fs: &dyn Fs, root: &Path) {
+    // Blocks are built under a temporary directory name and renamed into place.
+    let dir = subdir(fs, root, "rename_dir");
+    let (tmp, block) = (dir.join("block.tmp"), dir.join("block"));
+    fs.create_dir_all(&tmp.join("chunks")).unwrap();
+    put(fs, &tmp.join("chunks/000001"), b"chunk");
+    fs.rename(&tmp, &block).unwrap();
+    assert_eq!(fs.list(&dir).unwrap(), ["block"]);
+    assert_eq!(fs.read(&block.join("chunks/000001")).unwrap(), b"chunk");
+    assert!(!fs.exists(&tmp));
+    assert!(fs.rename(&block, &block.join("chunks/inside")).is_err());
+    assert!(
+        fs.exists(&block.join("chunks/000001")),
+        "a failed rename moves nothing"
     );
 }
 
@@ -475,6 +493,25 @@ fn sim_cross_directory_rename_needs_both_dirs_synced() {
     fs.crash();
     assert_eq!(fs.read(&d1.join("f")).unwrap(), b"F");
     assert_eq!(fs.read(&d2.join("f")).unwrap(), b"F");
+}
+
+#[test]
+fn sim_directory_rename_is_durable_after_parent_sync() {
+    let fs = SimFs::new();
+    let dir = durable_dir(&fs, "/blocks");
+    fs.create_dir_all(&dir.join("b.tmp")).unwrap();
+    fs.sync_dir(&dir).unwrap();
+    put_synced(&fs, &dir.join("b.tmp/index"), b"idx");
+    fs.sync_dir(&dir.join("b.tmp")).unwrap();
+    fs.rename(&dir.join("b.tmp"), &dir.join("b")).unwrap();
+    fs.crash();
+    assert_eq!(fs.list(&dir).unwrap(), ["b.tmp"]);
+    assert_eq!(fs.read(&dir.join("b.tmp/index")).unwrap(), b"idx");
+    fs.rename(&dir.join("b.tmp"), &dir.join("b")).unwrap();
+    fs.sync_dir(&dir).unwrap();
+    fs.crash();
+    assert_eq!(fs.list(&dir).unwrap(), ["b"]);
+    assert_eq!(fs.read(&dir.join("b/index")).unwrap(), b"idx");
 }
 
 #[test]
