@@ -235,17 +235,29 @@ impl ChunkEncoder {
 
     /// Writes the low `n` bits of `value` (n <= 64), most significant first.
     fn write_bits(&mut self, value: u64, mut n: u32) {
-        while n > 0 {
-            if self.free == 0 {
-                self.buf.push(0);
-                self.free = 8;
-            }
-            let k = n.min(u32::from(self.free));
-            let part = ((value >> (n - k)) & ((1 << k) - 1)) as u8;
-            self.free -= k as u8;
-            *self.buf.last_mut().expect("pushed above") |= part << self.free;
-            n -= k;
+        if n == 0 {
+            return;
         }
+        // Left-align: the first bit to write becomes bit 63 and everything below the n bits is
+        // zero, which is also what pads the last byte.
+        let mut v = value << (64 - n);
+        if self.free > 0 {
+            let free = u32::from(self.free);
+            let k = n.min(free);
+            *self.buf.last_mut().expect("free bits are in the last byte") |=
+                (v >> (64 - free)) as u8;
+            self.free -= k as u8;
+            n -= k;
+            if n == 0 {
+                return;
+            }
+            v <<= k; // k <= 7
+        }
+        // Byte-aligned now.
+        let bytes = n.div_ceil(8);
+        self.buf
+            .extend_from_slice(&v.to_be_bytes()[..bytes as usize]);
+        self.free = (bytes * 8 - n) as u8;
     }
 }
 
@@ -319,49 +331,85 @@ fn decode_samples(
     let mut t = unzigzag(r.uvarint()?);
     let mut v = r.read_bits(64)?;
     out.push(Sample::new(t, f64::from_bits(v)));
-    let mut t_delta = 0u64;
+    if count == 1 {
+        return r.finish();
+    }
     // Before the first window is read, a "reuse" control means a full 64-bit window, as in
     // Prometheus' iterator; our encoder never writes that.
-    let (mut leading, mut trailing) = (0u32, 0u32);
-    for i in 1..count {
-        if i == 1 {
-            t_delta = r.uvarint()?;
+    let mut window = Window::default();
+    let mut t_delta = r.uvarint()?;
+    t = advance(t, t_delta)?;
+    v = read_value(r, v, &mut window)?;
+    out.push(Sample::new(t, f64::from_bits(v)));
+    for _ in 2..count {
+        let head = r.peek();
+        if head >> 62 == 0 {
+            // The most common sample of all: same spacing, same value ('0' '0').
+            r.consume(2)?;
+            t = advance(t, t_delta)?;
+            out.push(Sample::new(t, f64::from_bits(v)));
+            continue;
+        }
+        if head >> 63 == 0 {
+            r.consume(1)?; // dod 0
         } else {
             t_delta = t_delta.wrapping_add(read_dod(r)? as u64);
         }
-        let next = t.wrapping_add(t_delta as i64);
-        // With a true delta in 1..=2^64-1, `next <= t` exactly when the delta is 0 or the sum
-        // leaves the i64 range: neither happens in a chunk we wrote.
-        if next <= t {
-            return Err(DecodeError::NotIncreasing { prev: t, next });
-        }
-        t = next;
-        if r.read_bit()? {
-            if r.read_bit()? {
-                let l = r.read_bits(5)? as u32;
-                let sig = match r.read_bits(6)? as u32 {
-                    0 => 64,
-                    s => s,
-                };
-                if l + sig > 64 {
-                    return Err(DecodeError::BadWindow { leading: l, sig });
-                }
-                leading = l;
-                trailing = 64 - l - sig;
-            }
-            // leading + trailing < 64 here, so 1 <= sig <= 64 and trailing <= 63.
-            v ^= r.read_bits(64 - leading - trailing)? << trailing;
-        }
+        t = advance(t, t_delta)?;
+        v = read_value(r, v, &mut window)?;
         out.push(Sample::new(t, f64::from_bits(v)));
     }
     r.finish()
 }
 
-fn read_dod(r: &mut BitReader<'_>) -> Result<i64, DecodeError> {
-    let mut ones = 0;
-    while ones < 4 && r.read_bit()? {
-        ones += 1;
+/// The next timestamp. With a true delta in 1..=2^64-1, the wrapping sum is `<= t` exactly when
+/// the delta is 0 or the sum leaves the i64 range: neither happens in a chunk we wrote.
+#[inline]
+fn advance(t: i64, t_delta: u64) -> Result<i64, DecodeError> {
+    let next = t.wrapping_add(t_delta as i64);
+    if next <= t {
+        return Err(DecodeError::NotIncreasing { prev: t, next });
     }
+    Ok(next)
+}
+
+/// The decoder's current XOR window.
+#[derive(Default)]
+struct Window {
+    leading: u32,
+    trailing: u32,
+}
+
+#[inline]
+fn read_value(r: &mut BitReader<'_>, prev: u64, w: &mut Window) -> Result<u64, DecodeError> {
+    // Control: '0' same value, '10' current window, '11' new window.
+    let control = r.peek() >> 62;
+    if control < 0b10 {
+        r.consume(1)?;
+        return Ok(prev);
+    }
+    r.consume(2)?;
+    if control == 0b11 {
+        let fields = r.read_bits(5 + 6)? as u32;
+        let leading = fields >> 6;
+        let sig = match fields & 0x3f {
+            0 => 64,
+            s => s,
+        };
+        if leading + sig > 64 {
+            return Err(DecodeError::BadWindow { leading, sig });
+        }
+        w.leading = leading;
+        w.trailing = 64 - leading - sig;
+    }
+    // leading + trailing < 64 here, so 1 <= sig <= 64 and trailing <= 63.
+    Ok(prev ^ (r.read_bits(64 - w.leading - w.trailing)? << w.trailing))
+}
+
+fn read_dod(r: &mut BitReader<'_>) -> Result<i64, DecodeError> {
+    // The prefix is up to four 1 bits, ended by a 0 unless there are four.
+    let ones = r.peek().leading_ones().min(4) as usize;
+    r.consume(ones as u32 + u32::from(ones < 4))?;
     let n = match ones {
         0 => return Ok(0),
         4 => return Ok(r.read_bits(64)? as i64),
@@ -429,19 +477,21 @@ impl<'a> BitReader<'a> {
         self.data.len() * 8 - self.pos
     }
 
-    fn read_bit(&mut self) -> Result<bool, DecodeError> {
-        let byte = *self.data.get(self.pos / 8).ok_or(DecodeError::Truncated {
-            need_bits: 1,
-            left_bits: 0,
-        })?;
-        let bit = byte >> (7 - self.pos % 8) & 1;
-        self.pos += 1;
-        Ok(bit == 1)
+    /// The next 64 bits, first bit highest. Bits past the end read as zero: a caller may look
+    /// at them but must `consume` (which checks the length) before trusting them.
+    fn peek(&self) -> u64 {
+        let i = self.pos / 8;
+        let offset = (self.pos % 8) as u32;
+        // 8 bytes from `i`, plus the head of byte i+8 when the position is not byte-aligned.
+        let mut window = self.be_u64_at(i) << offset;
+        if offset > 0 {
+            window |= u64::from(self.byte_at(i + 8)) >> (8 - offset);
+        }
+        window
     }
 
-    /// Reads `n <= 64` bits as the low bits of the result.
-    fn read_bits(&mut self, n: u32) -> Result<u64, DecodeError> {
-        debug_assert!(n <= 64);
+    /// Moves past `n` bits that must exist.
+    fn consume(&mut self, n: u32) -> Result<(), DecodeError> {
         let left_bits = self.bits_left();
         if n as usize > left_bits {
             return Err(DecodeError::Truncated {
@@ -449,19 +499,18 @@ impl<'a> BitReader<'a> {
                 left_bits,
             });
         }
+        self.pos += n as usize;
+        Ok(())
+    }
+
+    /// Reads `n <= 64` bits as the low bits of the result.
+    fn read_bits(&mut self, n: u32) -> Result<u64, DecodeError> {
+        debug_assert!(n <= 64);
         if n == 0 {
             return Ok(0);
         }
-        let i = self.pos / 8;
-        let offset = (self.pos % 8) as u32;
-        // 64 bits starting at the bit position: 8 bytes from `i`, plus the head of byte i+8
-        // when the position is not byte-aligned. Bytes past the end read as zero; the bound
-        // check above keeps them out of the result.
-        let mut window = self.be_u64_at(i) << offset;
-        if offset > 0 {
-            window |= u64::from(self.byte_at(i + 8)) >> (8 - offset);
-        }
-        self.pos += n as usize;
+        let window = self.peek();
+        self.consume(n)?;
         Ok(window >> (64 - n))
     }
 
@@ -717,6 +766,21 @@ mod tests {
         enc.append(10, 1.0);
         enc.append(20, 1.0);
         enc.append(15, 1.0);
+    }
+
+    #[test]
+    fn full_u16_count_decodes_and_one_more_is_refused() {
+        let samples: Vec<(i64, u64)> = (0..i64::from(u16::MAX))
+            .map(|i| (i * 15_000 + i % 3, ((i % 7) as f64).to_bits()))
+            .collect();
+        let mut enc = ChunkEncoder::new();
+        for &(t, v) in &samples {
+            enc.append(t, f64::from_bits(v));
+        }
+        assert_eq!(as_pairs(&decode(enc.bytes()).unwrap()), samples);
+        let full = std::panic::catch_unwind(move || enc.append(i64::MAX, 0.0));
+        let msg = *full.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains("at most 65535 samples"), "{msg}");
     }
 
     fn corrupt_reason(bytes: &[u8]) -> String {
