@@ -5,9 +5,8 @@
 //! of `w` (floored with `div_euclid`, so negative timestamps land in the right window). This is
 //! the shape of a Prometheus range: `(t - r, t]` with `t` and `r` multiples of `w` is exactly the
 //! union of the `r / w` windows ending at `t - r + w, …, t`. A [`RollupRecord`] exists only for a
-//! window that holds at least one sample; stale markers
-//! ([`is_stale_marker`](crate::series::is_stale_marker)) are never samples of a range, so they are
-//! skipped.
+//! window that holds at least one sample; stale markers ([`is_stale_marker`]) are never samples
+//! of a range, so they are skipped.
 //!
 //! ## What a record keeps, and why
 //! Prometheus' `extrapolatedRate` (rate, increase, delta) needs, over the whole range: the number
@@ -59,7 +58,7 @@
 //! ```
 //! Varints are LEB128 (at most 10 bytes, no overlong final byte); f64 are little-endian IEEE-754
 //! bits, so values round-trip bit for bit (NaN payloads, -0.0). [`decode`] checks every bound and
-//! returns [`Error::Corrupt`](crate::error::Error::Corrupt) instead of panicking.
+//! returns [`Error::Corrupt`] instead of panicking.
 
 use crate::error::{Error, Result};
 use crate::query::RangeFn;
