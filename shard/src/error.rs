@@ -92,6 +92,23 @@ impl Error {
         }
     }
 
+    /// A short, stable name of the variant: the `reason` label of reject counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidLabel { .. } => "invalid_label",
+            Error::InvalidSeries { .. } => "invalid_series",
+            Error::InvalidTenant { .. } => "invalid_tenant",
+            Error::SampleTooOld { .. } => "sample_too_old",
+            Error::DuplicateSampleForTimestamp { .. } => "duplicate_timestamp",
+            Error::TooManySeriesForTenant { .. } => "series_limit_tenant",
+            Error::TooManySeriesForMetric { .. } => "series_limit_metric",
+            Error::InvalidMatcher { .. } => "invalid_matcher",
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Io { .. } => "io",
+        }
+    }
+
     /// Builds a corruption error.
     pub fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {

@@ -76,6 +76,21 @@ pub fn write_file_atomic(fs: &dyn Fs, path: &Path, data: &[u8]) -> io::Result<()
     fs.sync_dir(dir)
 }
 
+/// Creates `dir` and its missing parents durably: after the directories exist, every parent up to
+/// the root is synced so the new entries survive a crash (F2).
+pub fn create_dir_all_durable(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    fs.create_dir_all(dir)?;
+    let mut child = dir;
+    while let Some(parent) = child.parent() {
+        if parent.as_os_str().is_empty() {
+            break;
+        }
+        fs.sync_dir(parent)?;
+        child = parent;
+    }
+    Ok(())
+}
+
 /// The production file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdFs;

@@ -15,6 +15,8 @@
 //! - [`rollup`]: 1m / 1h rollup records and range functions evaluated over them.
 //! - [`engine`]: head, out-of-order buffer, dedup, limits, blocks, checkpoints, retention.
 //! - [`fs`], [`sim_fs`], [`clock`]: the determinism seams.
+//! - [`block`], [`codec`]: block file format and the byte helpers of our file formats.
+//! - [`workload`]: deterministic synthetic scrape data (demo, benches, tests).
 //!
 //! ## Invariants (cited by number in assertion messages)
 //! - S1. A series is identified by its full [`series::SeriesKey`]; the 64-bit id only narrows
@@ -31,8 +33,10 @@
 //!   deleted only after the manifest that stops referring to it is durable.
 //! - S6. A chunk never spans a block boundary, so retention removes whole files.
 
+pub mod block;
 pub mod chunk;
 pub mod clock;
+pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod fs;
@@ -44,6 +48,7 @@ pub mod rangefn;
 pub mod rollup;
 pub mod series;
 pub mod sim_fs;
+pub mod workload;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -483,7 +483,7 @@ fn series_values(q: &PartialQuery, samples: &[Sample]) -> Vec<(usize, f64)> {
 }
 
 /// The labels of the selector's output: the range function may drop `__name__`.
-fn output_labels(q: &PartialQuery, labels: &Labels) -> Labels {
+pub fn output_labels(q: &PartialQuery, labels: &Labels) -> Labels {
     match q.range {
         Some(spec) if rangefn::drops_metric_name(spec.func) => {
             filter_labels(labels, |name| name != METRIC_NAME_LABEL)
