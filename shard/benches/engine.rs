@@ -49,7 +49,7 @@ fn engine() -> Engine {
     Engine::open(Arc::new(SimFs::new()), EngineConfig::new("/bench")).unwrap()
 }
 
-/// `hosts` node_exporter-like hosts (30 series each), `scrapes` scrapes each, as batches.
+/// `hosts` node_exporter-like hosts (26 series each), `scrapes` scrapes each, as batches.
 fn scrapes(hosts: usize, scrapes: usize) -> Vec<Vec<(SeriesKey, Vec<Sample>)>> {
     let tenant = Tenant::new("bench").unwrap();
     let mut w = NodeExporterLike::new(&tenant, hosts, 7);
@@ -83,24 +83,27 @@ fn bench_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("head_append");
     g.throughput(Throughput::Elements(samples as u64));
     g.sample_size(10);
-    g.bench_function("3000 series x 240 scrapes, in order", |b| {
-        b.iter_batched(
-            engine,
-            |mut e| {
-                for batch in &data {
-                    e.apply_batch(batch).unwrap();
-                }
-                e
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    g.bench_function(
+        format!("{} series x 240 scrapes, in order", data[0].len()),
+        |b| {
+            b.iter_batched(
+                engine,
+                |mut e| {
+                    for batch in &data {
+                        e.apply_batch(batch).unwrap();
+                    }
+                    e
+                },
+                BatchSize::PerIteration,
+            )
+        },
+    );
     g.finish();
 }
 
 fn bench_select_aggregate(c: &mut Criterion) {
-    // 10k series (334 hosts x 30) x 1 h at 15 s.
-    let data = scrapes(334, 240);
+    // 10k series (385 hosts x 26) x 1 h at 15 s.
+    let data = scrapes(385, 240);
     let mut e = engine();
     for batch in &data {
         e.apply_batch(batch).unwrap();

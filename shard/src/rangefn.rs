@@ -152,8 +152,6 @@ fn extrapolated_rate(
     if samples.len() < 2 {
         return None;
     }
-    let range_start = t_ms - range_ms;
-    let range_end = t_ms;
     let first = samples[0];
     let last = samples[samples.len() - 1];
     let mut result = last.value - first.value;
@@ -166,10 +164,38 @@ fn extrapolated_rate(
         }
     }
 
-    let mut duration_to_start = (first.ts_ms - range_start) as f64 / 1000.0;
-    let mut duration_to_end = (range_end - last.ts_ms) as f64 / 1000.0;
-    let sampled_interval = (last.ts_ms - first.ts_ms) as f64 / 1000.0;
-    let average_between_samples = sampled_interval / (samples.len() - 1) as f64;
+    Some(extrapolate(
+        result,
+        first,
+        last,
+        samples.len() as u64,
+        t_ms,
+        range_ms,
+        is_counter,
+        is_rate,
+    ))
+}
+
+/// The extrapolation step of Prometheus' `extrapolatedRate`, shared by raw samples and rollup
+/// records: `result` is `last - first` plus counter-reset corrections over `count` samples whose
+/// first and last are given; `count >= 2`.
+#[allow(clippy::too_many_arguments)] // mirrors Prometheus' inputs one to one
+pub fn extrapolate(
+    result: f64,
+    first: Sample,
+    last: Sample,
+    count: u64,
+    t_ms: i64,
+    range_ms: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> f64 {
+    debug_assert!(count >= 2, "extrapolation needs two samples");
+    let range_start = t_ms.wrapping_sub(range_ms);
+    let mut duration_to_start = first.ts_ms.wrapping_sub(range_start) as f64 / 1000.0;
+    let mut duration_to_end = t_ms.wrapping_sub(last.ts_ms) as f64 / 1000.0;
+    let sampled_interval = last.ts_ms.wrapping_sub(first.ts_ms) as f64 / 1000.0;
+    let average_between_samples = sampled_interval / (count - 1) as f64;
 
     // Extrapolate to a boundary only if a sample would be expected there; otherwise assume the
     // series starts/ends within the window and extrapolate by half an interval.
@@ -195,7 +221,7 @@ fn extrapolated_rate(
     if is_rate {
         factor /= range_ms as f64 / 1000.0;
     }
-    Some(result * factor)
+    result * factor
 }
 
 /// Prometheus' `instantValue` (irate/idelta) on the last two samples.

@@ -62,7 +62,7 @@
 
 use crate::error::{Error, Result};
 use crate::query::RangeFn;
-use crate::rangefn::kahan_inc;
+use crate::rangefn::{self, kahan_inc};
 use crate::series::{Sample, is_stale_marker};
 
 /// A storage tier: raw samples or one of the rollup window lengths.
@@ -328,36 +328,9 @@ fn extrapolated_rate(
             }
         }
     }
-    let range_start = t_ms.wrapping_sub(range_ms);
-    let range_end = t_ms;
-    let mut duration_to_start = first.ts_ms.wrapping_sub(range_start) as f64 / 1000.0;
-    let mut duration_to_end = range_end.wrapping_sub(last.ts_ms) as f64 / 1000.0;
-    let sampled_interval = last.ts_ms.wrapping_sub(first.ts_ms) as f64 / 1000.0;
-    let average_duration_between_samples = sampled_interval / (count - 1) as f64;
-    // Extrapolate to a range boundary only when a sample is "close enough" to it; otherwise
-    // assume the series starts/ends half a sample interval beyond its first/last sample.
-    let extrapolation_threshold = average_duration_between_samples * 1.1;
-    if duration_to_start >= extrapolation_threshold {
-        duration_to_start = average_duration_between_samples / 2.0;
-    }
-    if is_counter {
-        // A counter cannot go below zero: never extrapolate back past its zero point.
-        let mut duration_to_zero = duration_to_start;
-        if result > 0.0 && first.value >= 0.0 {
-            duration_to_zero = sampled_interval * (first.value / result);
-        }
-        if duration_to_zero < duration_to_start {
-            duration_to_start = duration_to_zero;
-        }
-    }
-    if duration_to_end >= extrapolation_threshold {
-        duration_to_end = average_duration_between_samples / 2.0;
-    }
-    let mut factor = (sampled_interval + duration_to_start + duration_to_end) / sampled_interval;
-    if is_rate {
-        factor /= range_ms as f64 / 1000.0;
-    }
-    Some(result * factor)
+    Some(rangefn::extrapolate(
+        result, first, last, count, t_ms, range_ms, is_counter, is_rate,
+    ))
 }
 
 /// Prometheus' `changes` test: NaN to NaN is no change.

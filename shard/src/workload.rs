@@ -67,7 +67,10 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-/// node_exporter-like targets: `hosts` hosts with 30 series each.
+/// Series per host: 16 CPU-mode counters, 4 network counters, 6 gauges.
+pub const SERIES_PER_HOST: usize = 26;
+
+/// node_exporter-like targets: `hosts` hosts with [`SERIES_PER_HOST`] series each.
 pub struct NodeExporterLike {
     pub series: Vec<SyntheticSeries>,
     pub scrape_interval_ms: i64,
@@ -149,6 +152,7 @@ impl NodeExporterLike {
                 );
             }
         }
+        debug_assert_eq!(series.len(), hosts * SERIES_PER_HOST);
         NodeExporterLike {
             series,
             scrape_interval_ms: 15_000,
