@@ -1,6 +1,6 @@
 //! Gorilla chunk codec: compression (bytes/sample) and encode/decode throughput.
 //!
-//! Datasets are generated deterministically with an inline splitmix64 (no `rand`):
+//! Datasets are generated deterministically with `workload::SplitMix64` (no `rand`):
 //! - (a) `regular`: exact 10 s scrapes. Gauges hold an integer value in 0..1000 and step to a new
 //!   one with probability 1/120 per scrape (about once per 20 minutes). Counters are integers
 //!   that grow by 0..=9 (uniform) each scrape.
@@ -21,28 +21,13 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use strata_shard::chunk::{self, CHUNK_SAMPLES_MAX, ChunkEncoder};
 use strata_shard::series::Sample;
+use strata_shard::workload::SplitMix64;
 
 const SERIES_PER_KIND: usize = 200;
 const SAMPLES_PER_SERIES: usize = 10 * CHUNK_SAMPLES_MAX;
 const START_MS: i64 = 1_700_000_000_000;
 
-/// splitmix64: small, seeded, good enough to drive synthetic data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-}
+type Rng = SplitMix64;
 
 type Series = Vec<Sample>;
 
@@ -118,7 +103,7 @@ struct Dataset {
 }
 
 fn dataset(name: &'static str, seed: u64) -> Dataset {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (gauges, counters) = match name {
         "regular" => (
             (0..SERIES_PER_KIND)
