@@ -390,3 +390,99 @@ fn corrupt_checkpoint_is_an_error_not_an_empty_shard() {
     let err = Engine::open(Arc::new(fs.clone()), EngineConfig::new("/shard")).unwrap_err();
     assert!(err.to_string().contains("corrupt checkpoint"), "{err}");
 }
+
+#[test]
+fn a_failed_fsync_during_seal_leaves_the_last_checkpoint_and_no_orphans_after_restart() {
+    use strata_shard::fs::Fs;
+    let fs = SimFs::new();
+    let k = up("a");
+    let early = samples(&[(1000, 1.0), (2000, 2.0)]);
+    {
+        let mut e = open(&fs, |_| {});
+        e.append(&k, &early).unwrap();
+        e.checkpoint().unwrap();
+        e.append(&k, &samples(&[(3 * HOUR, 3.0)])).unwrap();
+        fs.fail_syncs(true);
+        let err = e.seal_until(2 * HOUR).unwrap_err();
+        assert!(err.to_string().contains("failpoint"), "{err}");
+        // A failed fsync is fatal: the engine is dropped, never retried (CONVENTIONS.md 9).
+    }
+    fs.fail_syncs(false);
+    fs.crash();
+    // Files a crash can leave behind durably: a block written but never published, and a
+    // temporary file. Opening deletes both (S5).
+    for name in ["raw-7200000-0000000000000009.blk", "checkpoint.tmp"] {
+        strata_shard::fs::write_file_atomic(&fs, &std::path::Path::new("/shard").join(name), b"x")
+            .unwrap();
+    }
+    let e = open(&fs, |_| {});
+    assert_eq!(all(&e, &k), early);
+    let files = fs.list(std::path::Path::new("/shard")).unwrap();
+    assert_eq!(
+        files,
+        ["checkpoint"],
+        "no orphan block or temporary file survives reopen"
+    );
+}
+
+#[test]
+fn an_idle_series_leaves_the_limit_count_at_seal_and_comes_back_through_the_limit() {
+    let fs = SimFs::new();
+    let mut e = open(&fs, |c| {
+        c.ooo_window_ms = None;
+        c.limits.series_per_tenant_max = Some(1);
+    });
+    assert_eq!(
+        e.append(&up("a"), &samples(&[(1000, 1.0)]))
+            .unwrap()
+            .appended,
+        1
+    );
+    assert_eq!(
+        e.append(&up("b"), &samples(&[(1000, 1.0)]))
+            .unwrap()
+            .rejected_total(),
+        1
+    );
+    // Sealing persists a's only sample: a is no longer active, b now fits.
+    e.seal_until(2 * HOUR).unwrap();
+    let tenant = Tenant::new("t").unwrap();
+    assert_eq!(e.active_series(&tenant), 0);
+    assert_eq!(
+        e.append(&up("b"), &samples(&[(3 * HOUR, 1.0)]))
+            .unwrap()
+            .appended,
+        1
+    );
+    // a is still stored and queryable, but writing to it again must pass the limit.
+    assert_eq!(all(&e, &up("a")).len(), 1);
+    let again = e.append(&up("a"), &samples(&[(3 * HOUR, 2.0)])).unwrap();
+    assert_eq!(again.rejected.get("series_limit_tenant"), Some(&1));
+}
+
+#[test]
+fn retention_forgets_series_whose_data_is_gone_from_every_tier() {
+    let fs = SimFs::new();
+    let mut e = open(&fs, |c| {
+        c.retention.raw_ms = 24 * HOUR;
+        c.retention.minute_ms = 24 * HOUR;
+        c.retention.hour_ms = 48 * HOUR;
+    });
+    e.append(&up("old"), &samples(&[(HOUR, 1.0)])).unwrap();
+    e.append(&up("new"), &samples(&[(100 * HOUR, 1.0)]))
+        .unwrap();
+    let tenant = Tenant::new("t").unwrap();
+    let everything = [Matcher::new(MatchOp::RegexMatch, "__name__", ".+").unwrap()];
+    e.apply_retention(30 * HOUR).unwrap();
+    assert_eq!(
+        e.series(&tenant, &everything, i64::MIN, i64::MAX).len(),
+        2,
+        "1h tier still holds old"
+    );
+    e.apply_retention(100 * HOUR).unwrap();
+    let left = e.series(&tenant, &everything, i64::MIN, i64::MAX);
+    assert_eq!(left, vec![up("new").labels]);
+    drop(e);
+    let e = open(&fs, |_| {});
+    assert_eq!(e.stats().series, 1, "forgetting is durable");
+}

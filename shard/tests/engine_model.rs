@@ -257,7 +257,7 @@ fn run(ops: Vec<Op>, ooo_window: Option<i64>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_agrees_with_model_through_crashes(ops in prop::collection::vec(op(), 1..40)) {
