@@ -30,6 +30,10 @@ fn main() -> anyhow::Result<()> {
                         .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n\n{USAGE}"))
                 };
                 match flag.as_str() {
+                    "-h" | "--help" => {
+                        println!("{USAGE}");
+                        return Ok(());
+                    }
                     "--data-dir" => opts.data_dir = PathBuf::from(value()?),
                     "--hosts" => opts.hosts = parse_positive(flag, value()?)?,
                     "--hours" => opts.hours = parse_positive(flag, value()?)?,

@@ -164,6 +164,81 @@ pub struct EngineStats {
     pub generation: u64,
 }
 
+/// The files of a published checkpoint, the checkpoint file last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotManifest {
+    pub generation: u64,
+    /// (file name, length in bytes)
+    pub files: Vec<(String, u64)>,
+}
+
+/// Largest piece [`install_snapshot`] asks for at once: memory stays bounded by it, whatever
+/// the size of the shard.
+pub const SNAPSHOT_PIECE_BYTES_MAX: usize = 1 << 20;
+
+/// Writes a snapshot into `dir`, which must not hold a shard yet, fetching each file in pieces of
+/// at most [`SNAPSHOT_PIECE_BYTES_MAX`] bytes through `fetch(name, offset, len)` (from another
+/// replica's [`Engine::snapshot_manifest`] files). Block files are written and synced first and
+/// the checkpoint file is published last, so a crash midway leaves no shard, only orphans that
+/// the next [`Engine::open`] deletes. Open the engine on `dir` afterwards.
+pub fn install_snapshot(
+    fs: &dyn Fs,
+    dir: &Path,
+    manifest: &SnapshotManifest,
+    mut fetch: impl FnMut(&str, u64, usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    create_dir_all_durable(fs, dir).map_err(|e| Error::io("create shard dir", dir, e))?;
+    let checkpoint = dir.join(CHECKPOINT_FILE);
+    if fs.exists(&checkpoint) {
+        return Err(Error::InvalidRequest {
+            reason: format!("{} already holds a shard", dir.display()),
+        });
+    }
+    let (last, blocks) = manifest
+        .files
+        .split_last()
+        .filter(|(last, _)| last.0 == CHECKPOINT_FILE)
+        .ok_or_else(|| Error::InvalidRequest {
+            reason: "a snapshot manifest ends with the checkpoint file".into(),
+        })?;
+    let mut copy = |name: &str, len: u64, to: &Path| -> Result<()> {
+        if name.contains('/') || name.starts_with('.') {
+            return Err(Error::InvalidRequest {
+                reason: format!("snapshot file name {name:?} is not a plain file name"),
+            });
+        }
+        let mut file = fs
+            .open_append(to, true)
+            .map_err(|e| Error::io("create snapshot file", to, e))?;
+        let mut offset = 0;
+        while offset < len {
+            let want = (len - offset).min(SNAPSHOT_PIECE_BYTES_MAX as u64) as usize;
+            let piece = fetch(name, offset, want)?;
+            if piece.len() != want {
+                return Err(Error::corrupt(
+                    format!("snapshot file {name}"),
+                    format!("asked for {want} bytes at {offset}, got {}", piece.len()),
+                ));
+            }
+            file.write_all(&piece)
+                .map_err(|e| Error::io("write snapshot file", to, e))?;
+            offset += want as u64;
+        }
+        file.sync()
+            .map_err(|e| Error::io("sync snapshot file", to, e))
+    };
+    for (name, len) in blocks {
+        copy(name, *len, &dir.join(name))?;
+    }
+    // The checkpoint is the root: it appears, complete, only after every block is durable.
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    copy(&last.0, last.1, &tmp)?;
+    fs.rename(&tmp, &checkpoint)
+        .map_err(|e| Error::io("publish snapshot checkpoint", &checkpoint, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("sync shard dir", dir, e))
+}
+
 /// One series in memory.
 #[derive(Debug)]
 struct MemSeries {
@@ -1074,11 +1149,28 @@ impl Engine {
             .map_err(|e| Error::io("write checkpoint", &path, e))
     }
 
-    /// Names of the files that make up the current checkpoint (for snapshot streaming).
-    pub fn checkpoint_files(&self) -> Vec<String> {
-        let mut names = vec![CHECKPOINT_FILE.to_string()];
-        names.extend(self.blocks.iter().map(|b| b.name.clone()));
-        names
+    /// The files of the last published checkpoint with their lengths: what a snapshot of this
+    /// shard consists of. Block files are immutable; the caller must keep the engine from
+    /// compacting or expiring them (and from publishing a new checkpoint) while it streams them.
+    pub fn snapshot_manifest(&self) -> Result<SnapshotManifest> {
+        let mut files = Vec::with_capacity(self.blocks.len() + 1);
+        for name in self
+            .blocks
+            .iter()
+            .map(|b| b.name.as_str())
+            .chain([CHECKPOINT_FILE])
+        {
+            let path = self.path(name);
+            let len = self
+                .fs
+                .file_len(&path)
+                .map_err(|e| Error::io("stat snapshot file", &path, e))?;
+            files.push((name.to_string(), len));
+        }
+        Ok(SnapshotManifest {
+            generation: self.generation,
+            files,
+        })
     }
 
     fn encode_checkpoint(&self) -> Vec<u8> {

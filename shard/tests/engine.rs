@@ -486,3 +486,51 @@ fn retention_forgets_series_whose_data_is_gone_from_every_tier() {
     let e = open(&fs, |_| {});
     assert_eq!(e.stats().series, 1, "forgetting is durable");
 }
+
+#[test]
+fn a_snapshot_streams_in_bounded_pieces_and_installs_into_an_equal_shard() {
+    use strata_shard::engine::{SNAPSHOT_PIECE_BYTES_MAX, install_snapshot};
+    use strata_shard::fs::Fs;
+    let source_fs = SimFs::new();
+    let mut source = open(&source_fs, |c| c.ooo_window_ms = None);
+    let keys: Vec<SeriesKey> = (0..50).map(|i| up(&i.to_string())).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let pts: Vec<Sample> = (1..=2000)
+            .map(|j| Sample::new(j * 10_000, (i as i64 * j) as f64))
+            .collect();
+        source.append(k, &pts).unwrap();
+    }
+    source.seal_until(4 * HOUR).unwrap();
+    source.append(&keys[0], &samples(&[(5, 0.5)])).unwrap(); // late data in the head
+    source.checkpoint().unwrap();
+    let manifest = source.snapshot_manifest().unwrap();
+    assert!(manifest.files.len() > 3);
+
+    let target_fs = SimFs::new();
+    let mut largest_piece = 0;
+    let dir = std::path::Path::new("/other");
+    install_snapshot(&target_fs, dir, &manifest, |name, offset, len| {
+        largest_piece = largest_piece.max(len);
+        Ok(source_fs
+            .read_at(&std::path::Path::new("/shard").join(name), offset, len)
+            .unwrap())
+    })
+    .unwrap();
+    assert!(largest_piece <= SNAPSHOT_PIECE_BYTES_MAX);
+    target_fs.crash(); // the installed snapshot is durable
+    let mut cfg = EngineConfig::new(dir);
+    cfg.ooo_window_ms = None;
+    let target = Engine::open(Arc::new(target_fs.clone()), cfg).unwrap();
+    for k in &keys {
+        assert_eq!(all(&target, k), all(&source, k));
+    }
+    // Everything but allocation capacities (which depend on how the head grew) is equal.
+    let without_heap = |e: &Engine| strata_shard::engine::EngineStats {
+        head_heap_bytes: 0,
+        ..e.stats()
+    };
+    assert_eq!(without_heap(&target), without_heap(&source));
+    // Installing over an existing shard is refused.
+    let again = install_snapshot(&target_fs, dir, &manifest, |_, _, _| unreachable!());
+    assert!(again.is_err());
+}
