@@ -6,14 +6,16 @@
 //!
 //! Layout (integers little-endian):
 //! ```text
-//! header   magic "STRATABK" | version u8 = 1 | tier u8 | start_ms i64 | end_ms i64
+//! header   magic "STRATABK" | version u8 = 2 | tier u8 | start_ms i64 | end_ms i64 | crc32 u32
 //! entries  one per series: key (u32 len + SeriesKey canonical bytes) then the payload:
 //!            raw:    n_chunks u32, then per chunk: min_ts i64 | max_ts i64 | u32 len + chunk bytes
 //!            rollup: u32 len + rollup::encode bytes
 //! index    count u32, then per entry sorted by series id: id u64 | offset u64 | len u32 | crc32 u32
 //! footer   index_offset u64 | index crc32 u32 | magic "STRATABK"
 //! ```
-//! Every entry's CRC is checked before its bytes are used; the index CRC when the block is opened.
+//! The header and index CRCs are checked when the block is opened, and the header must agree with
+//! the file name (a damaged header must not make a block look like another bucket, which
+//! retention would then delete or queries skip); every entry's CRC before its bytes are used.
 
 use std::path::Path;
 
@@ -24,8 +26,8 @@ use crate::rollup::{self, RollupRecord, Tier};
 use crate::series::SeriesKey;
 
 const MAGIC: &[u8; 8] = b"STRATABK";
-const VERSION: u8 = 1;
-const HEADER_BYTES: usize = 8 + 1 + 1 + 8 + 8;
+const VERSION: u8 = 2;
+const HEADER_BYTES: usize = 8 + 1 + 1 + 8 + 8 + 4;
 const FOOTER_BYTES: usize = 8 + 4 + 8;
 const INDEX_ENTRY_BYTES: usize = 8 + 8 + 4 + 4;
 
@@ -85,6 +87,8 @@ impl BlockWriter {
         buf.put_u8(tier_code(tier));
         buf.put_i64(start_ms);
         buf.put_i64(end_ms);
+        let crc = crc32fast::hash(&buf);
+        buf.put_u32(crc);
         BlockWriter {
             tier,
             buf,
@@ -184,12 +188,30 @@ impl Block {
         if h.take(8)? != MAGIC {
             return Err(h.corrupt("bad magic in header"));
         }
-        if h.u8()? != VERSION {
-            return Err(h.corrupt("unknown block version"));
+        let version = h.u8()?;
+        if version != VERSION {
+            return Err(h.corrupt(format!(
+                "unknown block version {version} (expected {VERSION})"
+            )));
         }
-        let tier = tier_from_code(h.u8()?).ok_or_else(|| h.corrupt("unknown tier"))?;
+        let tier_code = h.u8()?;
         let start_ms = h.i64()?;
         let end_ms = h.i64()?;
+        let crc = h.u32()?;
+        if crc32fast::hash(&header[..HEADER_BYTES - 4]) != crc {
+            return Err(Error::corrupt(what, "header CRC mismatch"));
+        }
+        let tier = tier_from_code(tier_code).ok_or_else(|| h.corrupt("unknown tier"))?;
+        if start_ms >= end_ms || name != file_name(tier, end_ms, generation) {
+            return Err(Error::corrupt(
+                what,
+                format!(
+                    "header says {} block ({start_ms}, {end_ms}] of generation {generation}, \
+                     which does not match the file name",
+                    tier.name()
+                ),
+            ));
+        }
         let footer = read(len - FOOTER_BYTES, FOOTER_BYTES)?;
         let mut f = Reader::new(&footer, &what);
         let index_offset = f.u64()? as usize;
@@ -214,8 +236,15 @@ impl Block {
                 len: r.u32()?,
                 crc: r.u32()?,
             };
-            if e.offset as usize + e.len as usize > index_offset {
-                return Err(r.corrupt("entry points past the data section"));
+            let inside = e.offset >= HEADER_BYTES as u64
+                && e.offset
+                    .checked_add(e.len.into())
+                    .is_some_and(|end| end <= index_offset as u64);
+            if !inside {
+                return Err(r.corrupt(format!(
+                    "entry ({} bytes at {}) lies outside the data section",
+                    e.len, e.offset
+                )));
             }
             entries.push(e);
         }
@@ -271,7 +300,14 @@ impl Block {
         let mut out = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let what = format!("block {} entry at {}", self.name, e.offset);
-            let slice = &bytes[e.offset as usize..e.offset as usize + e.len as usize];
+            // `open` checked the entry against the file's length; a file that shrank since is
+            // corrupt, not a panic.
+            let slice = usize::try_from(e.offset)
+                .ok()
+                .and_then(|start| bytes.get(start..start.checked_add(e.len as usize)?))
+                .ok_or_else(|| {
+                    Error::corrupt(what.clone(), "entry lies past the end of the file")
+                })?;
             if crc32fast::hash(slice) != e.crc {
                 return Err(Error::corrupt(what, "entry CRC mismatch"));
             }
@@ -298,5 +334,83 @@ impl Block {
             }
             Tier::Minute | Tier::Hour => Payload::Rollup(rollup::decode(r.bytes()?)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{create_dir_all_durable, write_file_atomic};
+    use crate::series::{Labels, Tenant};
+    use crate::sim_fs::SimFs;
+
+    fn one_block(fs: &SimFs, name: &str) -> Vec<u8> {
+        let key = SeriesKey::new(
+            Tenant::new("t").unwrap(),
+            Labels::from_pairs(&[("__name__", "up")]).unwrap(),
+        );
+        let mut w = BlockWriter::new(Tier::Raw, 0, 7_200_000);
+        w.add(
+            &key,
+            &Payload::Raw(vec![RawChunk {
+                min_ts: 1,
+                max_ts: 1,
+                bytes: vec![1, 2, 3],
+            }]),
+        );
+        let bytes = w.finish();
+        create_dir_all_durable(fs, Path::new("/d")).unwrap();
+        write_file_atomic(fs, &Path::new("/d").join(name), &bytes).unwrap();
+        bytes
+    }
+
+    fn corrupt_reason(r: Result<Block>) -> String {
+        match r {
+            Err(Error::Corrupt { reason, .. }) => reason,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_whose_header_disagrees_with_its_file_name_is_corrupt() {
+        let fs = SimFs::new();
+        let right = file_name(Tier::Raw, 7_200_000, 3);
+        one_block(&fs, &right);
+        Block::open(&fs, Path::new("/d"), &right, 3).unwrap();
+        for (name, generation) in [
+            (file_name(Tier::Raw, 14_400_000, 3), 3),
+            (file_name(Tier::Minute, 7_200_000, 3), 3),
+            (right.clone(), 4),
+        ] {
+            one_block(&fs, &name);
+            let reason = corrupt_reason(Block::open(&fs, Path::new("/d"), &name, generation));
+            assert!(reason.contains("does not match the file name"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn an_index_entry_pointing_outside_the_data_is_corrupt_not_a_panic() {
+        let fs = SimFs::new();
+        let name = file_name(Tier::Raw, 7_200_000, 1);
+        let good = one_block(&fs, &name);
+        let index_offset =
+            u64::from_le_bytes(good[good.len() - FOOTER_BYTES..][..8].try_into().unwrap()) as usize;
+        // The one entry: count u32, then id u64 | offset u64 | len u32 | crc u32.
+        for (offset, len) in [
+            (u64::MAX - 1, 16u32),
+            (0, 4),
+            (HEADER_BYTES as u64, u32::MAX),
+        ] {
+            let mut bytes = good.clone();
+            let entry = index_offset + 4;
+            bytes[entry + 8..entry + 16].copy_from_slice(&offset.to_le_bytes());
+            bytes[entry + 16..entry + 20].copy_from_slice(&len.to_le_bytes());
+            let index_end = bytes.len() - FOOTER_BYTES;
+            let crc = crc32fast::hash(&bytes[index_offset..index_end]);
+            bytes[index_end + 8..index_end + 12].copy_from_slice(&crc.to_le_bytes());
+            write_file_atomic(&fs, &Path::new("/d").join(&name), &bytes).unwrap();
+            let reason = corrupt_reason(Block::open(&fs, Path::new("/d"), &name, 1));
+            assert!(reason.contains("outside the data section"), "{reason}");
+        }
     }
 }

@@ -15,10 +15,12 @@
 //!   deleted on open), and what it names survives a crash (S4).
 //!
 //! ## Life of a sample
-//! `append` → validated against the raw retention horizon and the out-of-order window → newer than
-//! the series' newest sample: appended to the open chunk; otherwise looked up (head, then raw
+//! `append` → refused outside `±TS_ABS_MAX_MS` (S7) or behind the raw retention horizon → newer
+//! than the series' newest sample: appended to the open chunk; otherwise looked up (head, then raw
 //! blocks): same bits = idempotent duplicate, other bits = refused (D1, first write wins), absent
-//! = kept in `ooo`. `seal` moves every head sample at or before a block boundary into new raw
+//! = kept in `ooo` if inside the out-of-order window, else refused. Checking for a stored value
+//! before the window makes a late retry of an acknowledged write a duplicate, not an error. A
+//! series is created, or re-activated under the limits, only when a sample of it is stored. `seal` moves every head sample at or before a block boundary into new raw
 //! blocks, writes the matching 1m/1h rollup records, and publishes a checkpoint.
 //!
 //! ## Rollups and dirty windows
@@ -47,9 +49,10 @@ use crate::matcher::Matcher;
 use crate::partial::{self, PartialResult};
 use crate::query::PartialQuery;
 use crate::rollup::{self, RollupRecord, Tier, window_end};
-use crate::series::{Labels, Sample, SeriesKey, Tenant};
+use crate::series::{Labels, Sample, SeriesKey, TS_ABS_MAX_MS, Tenant};
 
-const DAY_MS: i64 = 24 * 3600 * 1000;
+const HOUR_MS: i64 = 3600 * 1000;
+const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// How long each tier keeps data. Defaults follow common practice: raw 15 days, 1m 90 days,
 /// 1h 13 months (395 days).
@@ -94,7 +97,8 @@ pub struct EngineConfig {
     /// A sample older than its series' newest sample by more than this is refused;
     /// `None` accepts any age (backfill) down to the raw retention horizon.
     pub ooo_window_ms: Option<i64>,
-    /// Width of a raw block; must divide a day. Default 2 h.
+    /// Width of a raw block: a whole number of hours that divides a day, so every 1m and 1h
+    /// rollup window lies inside one block. Default 2 h.
     pub block_ms: i64,
     pub retention: Retention,
     pub limits: SeriesLimits,
@@ -104,11 +108,38 @@ impl EngineConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         EngineConfig {
             dir: dir.into(),
-            ooo_window_ms: Some(3600 * 1000),
-            block_ms: 2 * 3600 * 1000,
+            ooo_window_ms: Some(HOUR_MS),
+            block_ms: 2 * HOUR_MS,
             retention: Retention::default(),
             limits: SeriesLimits::default(),
         }
+    }
+
+    /// Refuses settings the engine cannot honour, naming the setting and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let refuse = |reason: String| Err(Error::InvalidRequest { reason });
+        let b = self.block_ms;
+        if b <= 0 || b % HOUR_MS != 0 || DAY_MS % b != 0 {
+            return refuse(format!(
+                "block_ms {b} must be a whole number of hours that divides a day \
+                 (1, 2, 3, 4, 6, 8, 12 or 24 h), so that no rollup window spans two blocks"
+            ));
+        }
+        if let Some(w) = self.ooo_window_ms
+            && w < 0
+        {
+            return refuse(format!("ooo_window_ms {w} must not be negative"));
+        }
+        let r = self.retention;
+        if r.raw_ms <= 0 || r.raw_ms > r.minute_ms || r.minute_ms > r.hour_ms {
+            // A coarser tier must keep at least what a finer one keeps: queries pick the
+            // coarsest exact tier and would otherwise miss data a finer tier still holds.
+            return refuse(format!(
+                "retention must satisfy 0 < raw ({}) <= 1m ({}) <= 1h ({}) ms",
+                r.raw_ms, r.minute_ms, r.hour_ms
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +403,15 @@ struct TenantUsage {
     per_metric: BTreeMap<String, usize>,
 }
 
+/// What [`Engine::append`] does with one sample.
+enum Verdict {
+    /// Not stored yet: store it.
+    New,
+    /// The same bits are stored at that timestamp: count it, store nothing.
+    Duplicate,
+    Refused(Error),
+}
+
 /// The storage engine of one shard. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -401,14 +441,7 @@ impl Engine {
     /// Opens the engine in `cfg.dir`: loads the last checkpoint (if any), opens its blocks and
     /// deletes files no checkpoint names (left by a crash between writing and publishing).
     pub fn open(fs: Arc<dyn Fs>, cfg: EngineConfig) -> Result<Engine> {
-        if cfg.block_ms <= 0 || DAY_MS % cfg.block_ms != 0 {
-            return Err(Error::InvalidRequest {
-                reason: format!(
-                    "block_ms {} must be positive and divide a day",
-                    cfg.block_ms
-                ),
-            });
-        }
+        cfg.validate()?;
         create_dir_all_durable(&*fs, &cfg.dir)
             .map_err(|e| Error::io("create shard dir", &cfg.dir, e))?;
         let mut engine = Engine {
@@ -459,24 +492,24 @@ impl Engine {
     // ---------------------------------------------------------------- write path
 
     /// Appends samples of one series. Per-sample refusals are reported in the outcome; `Err` is
-    /// a storage failure (unreadable block) after which the engine must not be used.
+    /// a storage failure (unreadable block) after which the engine must not be used. A series
+    /// is created (or re-activated, and counted against the limits) only when one of its samples
+    /// is stored: refused samples and duplicates leave no trace.
     pub fn append(&mut self, key: &SeriesKey, samples: &[Sample]) -> Result<AppendOutcome> {
         let mut out = AppendOutcome::default();
-        if samples.is_empty() {
-            return Ok(out);
-        }
-        let r = match self.series_for_write(key) {
-            Ok(r) => r,
-            Err(err) => {
-                out.reject(err, samples.len() as u64);
-                return Ok(out);
-            }
-        };
+        let mut r = self.find_ref(key);
         for s in samples {
-            match self.append_one(r, *s)? {
-                Ok(true) => out.appended += 1,
-                Ok(false) => out.duplicates += 1,
-                Err(err) => out.reject(err, 1),
+            match self.check_sample(key, r, *s)? {
+                Verdict::Refused(err) => out.reject(err, 1),
+                Verdict::Duplicate => out.duplicates += 1,
+                Verdict::New => match self.activate(key, r) {
+                    Ok(active) => {
+                        r = Some(active);
+                        self.store(active, *s);
+                        out.appended += 1;
+                    }
+                    Err(err) => out.reject(err, 1),
+                },
             }
         }
         Ok(out)
@@ -503,9 +536,8 @@ impl Engine {
             })
     }
 
-    /// Finds or creates the series and makes it active, enforcing the limits.
-    fn series_for_write(&mut self, key: &SeriesKey) -> Result<SeriesRef> {
-        let existing = self.find_ref(key);
+    /// Makes the series active, creating it if needed, within the limits.
+    fn activate(&mut self, key: &SeriesKey, existing: Option<SeriesRef>) -> Result<SeriesRef> {
         if let Some(r) = existing
             && self.series[r as usize].as_ref().is_some_and(|s| s.active)
         {
@@ -586,68 +618,87 @@ impl Engine {
         }
     }
 
-    /// Stores one sample: `Ok(Ok(true))` stored, `Ok(Ok(false))` duplicate, `Ok(Err(_))` refused.
-    fn append_one(&mut self, r: SeriesRef, s: Sample) -> Result<Result<bool>> {
+    /// Decides what to do with one sample of `key` (`r`: the series, if it exists), changing
+    /// nothing. Order of the checks: range (S7), raw retention, stored value (D1: a retry of a
+    /// stored sample is a duplicate even behind the out-of-order window), out-of-order window.
+    fn check_sample(&self, key: &SeriesKey, r: Option<SeriesRef>, s: Sample) -> Result<Verdict> {
+        if !(-TS_ABS_MAX_MS..=TS_ABS_MAX_MS).contains(&s.ts_ms) {
+            return Ok(Verdict::Refused(Error::TimestampOutOfRange {
+                series: key.to_string(),
+                ts_ms: s.ts_ms,
+                bound_ms: TS_ABS_MAX_MS,
+            }));
+        }
         let raw_dropped = self.dropped_until_ms[&Tier::Raw];
-        let series = self.series[r as usize].as_ref().expect("ref is live");
         if s.ts_ms <= raw_dropped {
-            return Ok(Err(Error::SampleTooOld {
-                series: series.key.to_string(),
+            return Ok(Verdict::Refused(Error::SampleTooOld {
+                series: key.to_string(),
                 ts_ms: s.ts_ms,
                 min_ts_ms: raw_dropped.saturating_add(1),
                 why: "raw data up to there was dropped by retention",
             }));
         }
+        let Some(r) = r else {
+            return Ok(Verdict::New);
+        };
+        let series = self.series[r as usize].as_ref().expect("ref is live");
         if s.ts_ms > series.max_ts {
-            let series = self.series[r as usize].as_mut().expect("ref is live");
-            let cut = series.head.len() >= CHUNK_SAMPLES_MAX
-                || series.head.first_ts().is_some_and(|first| {
-                    window_end(first, self.cfg.block_ms) != window_end(s.ts_ms, self.cfg.block_ms)
-                });
-            if cut {
-                let full = std::mem::take(&mut series.head);
-                let (min_ts, max_ts) = (
-                    full.first_ts().expect("cut chunks are non-empty"),
-                    full.last().expect("non-empty").ts_ms,
-                );
-                series.frozen.push(RawChunk {
-                    min_ts,
-                    max_ts,
-                    bytes: full.finish(),
-                });
-            }
-            series.head.append(s.ts_ms, s.value);
-            series.max_ts = s.ts_ms;
-            series.min_ts = series.min_ts.min(s.ts_ms);
-            return Ok(Ok(true));
+            return Ok(Verdict::New);
+        }
+        if let Some(stored) = self.find_sample(r, s.ts_ms)? {
+            return Ok(if stored.to_bits() == s.value.to_bits() {
+                Verdict::Duplicate
+            } else {
+                Verdict::Refused(Error::DuplicateSampleForTimestamp {
+                    series: key.to_string(),
+                    ts_ms: s.ts_ms,
+                    stored,
+                    new: s.value,
+                })
+            });
         }
         if let Some(window) = self.cfg.ooo_window_ms {
             let min_ts = series.max_ts.saturating_sub(window);
             if s.ts_ms < min_ts {
-                return Ok(Err(Error::SampleTooOld {
-                    series: series.key.to_string(),
+                return Ok(Verdict::Refused(Error::SampleTooOld {
+                    series: key.to_string(),
                     ts_ms: s.ts_ms,
                     min_ts_ms: min_ts,
                     why: "outside the out-of-order window behind the series' newest sample",
                 }));
             }
         }
-        if let Some(stored) = self.find_sample(r, s.ts_ms)? {
-            if stored.to_bits() == s.value.to_bits() {
-                return Ok(Ok(false));
-            }
-            let series = self.series[r as usize].as_ref().expect("ref is live");
-            return Ok(Err(Error::DuplicateSampleForTimestamp {
-                series: series.key.to_string(),
-                ts_ms: s.ts_ms,
-                stored,
-                new: s.value,
-            }));
-        }
+        Ok(Verdict::New)
+    }
+
+    /// Stores a sample that [`Self::check_sample`] found new into the head of active series `r`.
+    fn store(&mut self, r: SeriesRef, s: Sample) {
+        let block_ms = self.cfg.block_ms;
         let series = self.series[r as usize].as_mut().expect("ref is live");
-        series.ooo.insert(s.ts_ms, s.value);
         series.min_ts = series.min_ts.min(s.ts_ms);
-        Ok(Ok(true))
+        if s.ts_ms <= series.max_ts {
+            series.ooo.insert(s.ts_ms, s.value);
+            return;
+        }
+        let cut = series.head.len() >= CHUNK_SAMPLES_MAX
+            || series
+                .head
+                .first_ts()
+                .is_some_and(|first| window_end(first, block_ms) != window_end(s.ts_ms, block_ms));
+        if cut {
+            let full = std::mem::take(&mut series.head);
+            let (min_ts, max_ts) = (
+                full.first_ts().expect("cut chunks are non-empty"),
+                full.last().expect("non-empty").ts_ms,
+            );
+            series.frozen.push(RawChunk {
+                min_ts,
+                max_ts,
+                bytes: full.finish(),
+            });
+        }
+        series.head.append(s.ts_ms, s.value);
+        series.max_ts = s.ts_ms;
     }
 
     /// The stored value of a series at exactly `ts`, looking at the head and then raw blocks.
@@ -761,10 +812,14 @@ impl Engine {
             }
         }
         if max_end >= dirty_from {
-            let first_end = min_end.max(window_end(dirty_from, w));
+            // Only whole windows: the first dirty window ending at or after `min_end`, through
+            // the last one ending at or before `max_end`.
+            let first_end = window_end(min_end.max(dirty_from), w);
             let raw = self.samples_of(r, first_end.saturating_sub(w - 1), max_end)?;
             for rec in rollup::compute(&raw, w) {
-                by_end.insert(rec.window_end_ms, (u64::MAX, rec));
+                if rec.window_end_ms <= max_end {
+                    by_end.insert(rec.window_end_ms, (u64::MAX, rec));
+                }
             }
         }
         Ok(by_end.into_values().map(|(_, rec)| rec).collect())
@@ -805,7 +860,9 @@ impl Engine {
         self.index.select(tenant, matchers)
     }
 
-    /// The coarsest tier that answers `q` exactly (see `rollup::exact_for`), or raw.
+    /// The coarsest tier that answers `q` exactly (see `rollup::exact_for`), or raw. Retention
+    /// keeps a coarser tier at least as long as a finer one ([`EngineConfig::validate`]), so the
+    /// coarsest exact tier never misses data a finer tier still holds.
     pub fn tier_for(&self, q: &PartialQuery) -> Tier {
         [Tier::Hour, Tier::Minute]
             .into_iter()
@@ -815,11 +872,13 @@ impl Engine {
 
     /// Answers a partial query over this shard on the tier picked by [`Self::tier_for`].
     pub fn query(&self, q: &PartialQuery) -> Result<PartialResult> {
+        partial::validate(q)?;
         self.query_tier(q, self.tier_for(q))
     }
 
     /// Answers a partial query on a given tier; a rollup tier must answer it exactly.
     pub fn query_tier(&self, q: &PartialQuery, tier: Tier) -> Result<PartialResult> {
+        partial::validate(q)?;
         if tier != Tier::Raw && !rollup_exact(q, tier) {
             return Err(Error::InvalidRequest {
                 reason: format!("the {} tier cannot answer this query exactly", tier.name()),
@@ -1100,7 +1159,16 @@ impl Engine {
     /// sealed up to the horizon first so its rollups exist before the raw blocks go; series with
     /// no data left in any tier are forgotten. Publishes a checkpoint, then deletes the files.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<()> {
-        let raw_horizon = now_ms.saturating_sub(self.cfg.retention.raw_ms);
+        // Clamped to the timestamp range (S7): every horizon stays at least a week inside i64,
+        // so the block arithmetic below cannot overflow, and drops nothing storable when `now`
+        // is absurdly far in the past.
+        let horizon = |retention: i64| {
+            now_ms
+                .clamp(-TS_ABS_MAX_MS, TS_ABS_MAX_MS)
+                .saturating_sub(retention)
+                .max(-TS_ABS_MAX_MS - 1)
+        };
+        let raw_horizon = horizon(self.cfg.retention.raw_ms);
         let raw_cut = window_end(raw_horizon, self.cfg.block_ms);
         let raw_cut = if raw_cut > raw_horizon {
             raw_cut - self.cfg.block_ms
@@ -1112,7 +1180,7 @@ impl Engine {
         self.seal_until(raw_cut.max(self.sealed_until_ms))?;
         let mut horizons = BTreeMap::new();
         for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
-            let horizon = now_ms.saturating_sub(self.cfg.retention.of(tier));
+            let horizon = horizon(self.cfg.retention.of(tier));
             let dropped = self.dropped_until_ms.get_mut(&tier).expect("every tier");
             let aligned = if tier == Tier::Raw { raw_cut } else { horizon };
             *dropped = (*dropped).max(aligned);

@@ -34,6 +34,15 @@ pub enum Error {
         min_ts_ms: i64,
         why: &'static str,
     },
+    /// A sample timestamp outside `±TS_ABS_MAX_MS` (invariant S7).
+    #[error(
+        "sample for series {series} at {ts_ms} ms is out of range: timestamps must lie within ±{bound_ms} ms"
+    )]
+    TimestampOutOfRange {
+        series: String,
+        ts_ms: i64,
+        bound_ms: i64,
+    },
     /// The same (series, timestamp) was written before with a different value; the first write
     /// wins (see the crate docs, rule D1).
     #[error(
@@ -99,6 +108,7 @@ impl Error {
             Error::InvalidSeries { .. } => "invalid_series",
             Error::InvalidTenant { .. } => "invalid_tenant",
             Error::SampleTooOld { .. } => "sample_too_old",
+            Error::TimestampOutOfRange { .. } => "timestamp_out_of_range",
             Error::DuplicateSampleForTimestamp { .. } => "duplicate_timestamp",
             Error::TooManySeriesForTenant { .. } => "series_limit_tenant",
             Error::TooManySeriesForMetric { .. } => "series_limit_metric",

@@ -32,6 +32,9 @@
 //! - S5. A file is published only after its bytes and its directory entry are synced; a file is
 //!   deleted only after the manifest that stops referring to it is durable.
 //! - S6. A chunk never spans a block boundary, so retention removes whole files.
+//! - S7. Stored timestamps and query times lie within `±`[`series::TS_ABS_MAX_MS`]; samples and
+//!   queries outside are refused with an error, so time arithmetic inside the crate cannot
+//!   overflow.
 
 pub mod block;
 pub mod chunk;
@@ -53,4 +56,6 @@ pub mod workload;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use fs::{Fs, FsFile, StdFs};
-pub use series::{Label, LabelLimits, Labels, STALE_NAN_BITS, Sample, SeriesId, SeriesKey, Tenant};
+pub use series::{
+    Label, LabelLimits, Labels, STALE_NAN_BITS, Sample, SeriesId, SeriesKey, TS_ABS_MAX_MS, Tenant,
+};

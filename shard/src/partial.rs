@@ -51,7 +51,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::query::{AggOp, Grouping, PartialQuery, TimeGrid};
 use crate::rangefn;
-use crate::series::{Label, Labels, METRIC_NAME_LABEL, Sample, is_stale_marker};
+use crate::series::{Label, Labels, METRIC_NAME_LABEL, Sample, TS_ABS_MAX_MS, is_stale_marker};
 
 /// Most instants one query grid may have (Prometheus' limit of 11,000 points per series).
 pub const GRID_STEPS_MAX: usize = 11_000;
@@ -340,6 +340,13 @@ pub fn validate(q: &PartialQuery) -> Result<()> {
     if g.step_ms <= 0 {
         return refuse(format!("step must be positive (got {} ms)", g.step_ms));
     }
+    for (what, t) in [("start", g.start_ms), ("end", g.end_ms)] {
+        if !(-TS_ABS_MAX_MS..=TS_ABS_MAX_MS).contains(&t) {
+            return refuse(format!(
+                "{what} ({t} ms) is out of range: query times must lie within ±{TS_ABS_MAX_MS} ms"
+            ));
+        }
+    }
     if g.end_ms < g.start_ms {
         return refuse(format!(
             "end ({} ms) is before start ({} ms)",
@@ -355,16 +362,16 @@ pub fn validate(q: &PartialQuery) -> Result<()> {
         ));
     }
     match q.range {
-        Some(r) if r.range_ms <= 0 => {
+        Some(r) if r.range_ms <= 0 || r.range_ms > TS_ABS_MAX_MS => {
             return refuse(format!(
-                "range of {} must be positive (got {} ms)",
+                "range of {} must be positive and at most {TS_ABS_MAX_MS} ms (got {} ms)",
                 r.func.name(),
                 r.range_ms
             ));
         }
-        None if q.lookback_ms <= 0 => {
+        None if q.lookback_ms <= 0 || q.lookback_ms > TS_ABS_MAX_MS => {
             return refuse(format!(
-                "lookback must be positive (got {} ms)",
+                "lookback must be positive and at most {TS_ABS_MAX_MS} ms (got {} ms)",
                 q.lookback_ms
             ));
         }
@@ -1090,11 +1097,13 @@ mod tests {
         assert!(validate(&q).is_ok(), "exactly the limit is fine");
         let mut q = ok.clone();
         q.grid = TimeGrid {
-            start_ms: i64::MIN,
-            end_ms: i64::MAX,
+            start_ms: -TS_ABS_MAX_MS,
+            end_ms: TS_ABS_MAX_MS,
             step_ms: 1,
         };
         assert!(reason(&q).contains("limit"));
+        q.grid.start_ms = i64::MIN;
+        assert!(reason(&q).contains("start (-9223372036854775808 ms) is out of range"));
         let mut q = ok.clone();
         q.range = Some(RangeSpec {
             func: RangeFn::Rate,

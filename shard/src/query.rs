@@ -46,7 +46,9 @@ impl TimeGrid {
         if self.end_ms < self.start_ms || self.step_ms <= 0 {
             0
         } else {
-            ((self.end_ms - self.start_ms) / self.step_ms + 1) as usize
+            // i128: `end - start` may not fit an i64 for unvalidated grids.
+            let n = (self.end_ms as i128 - self.start_ms as i128) / self.step_ms as i128 + 1;
+            usize::try_from(n).unwrap_or(usize::MAX)
         }
     }
 

@@ -348,6 +348,11 @@ impl fmt::Display for SeriesKey {
     }
 }
 
+/// Largest magnitude of a sample timestamp the engine stores (2^61 ms, about 73 million years
+/// either side of 1970). Bounding timestamps well inside `i64` lets block, window, retention and
+/// query arithmetic run without overflow (S7); Prometheus' own TSDB refuses far-future samples too.
+pub const TS_ABS_MAX_MS: i64 = 1 << 61;
+
 /// One sample: a millisecond timestamp and a float value.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {

@@ -90,19 +90,17 @@ impl Model {
             self.samples.insert((series, ts), bits);
             return Some(true);
         }
+        // D1 before the window: a retry of a stored sample is a duplicate however old.
+        if let Some(&stored) = self.samples.get(&(series, ts)) {
+            return (stored == bits).then_some(false);
+        }
         if let (Some(w), Some(max)) = (ooo_window, max)
             && ts < max - w
         {
             return None;
         }
-        match self.samples.get(&(series, ts)) {
-            Some(&stored) if stored == bits => Some(false),
-            Some(_) => None,
-            None => {
-                self.samples.insert((series, ts), bits);
-                Some(true)
-            }
-        }
+        self.samples.insert((series, ts), bits);
+        Some(true)
     }
 
     fn series_samples(&self, series: usize) -> Vec<Sample> {
