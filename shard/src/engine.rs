@@ -195,12 +195,16 @@ pub struct EngineStats {
     pub generation: u64,
 }
 
-/// The files of a published checkpoint, the checkpoint file last.
+/// The files of a published checkpoint: what a snapshot of the shard consists of. Every file
+/// named here is immutable while the [`SnapshotPin`] returned with it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotManifest {
     pub generation: u64,
-    /// (file name, length in bytes)
-    pub files: Vec<(String, u64)>,
+    /// Block files: (file name, length in bytes).
+    pub blocks: Vec<(String, u64)>,
+    /// A copy of the checkpoint file made for this snapshot (`checkpoint-<generation>.snap`),
+    /// with its length; it is installed as the target's `checkpoint`.
+    pub checkpoint: (String, u64),
 }
 
 /// Largest piece [`install_snapshot`] asks for at once: memory stays bounded by it, whatever
@@ -209,7 +213,7 @@ pub const SNAPSHOT_PIECE_BYTES_MAX: usize = 1 << 20;
 
 /// Writes a snapshot into `dir`, which must not hold a shard yet, fetching each file in pieces of
 /// at most [`SNAPSHOT_PIECE_BYTES_MAX`] bytes through `fetch(name, offset, len)` (from another
-/// replica's [`Engine::snapshot_manifest`] files). Block files are written and synced first and
+/// replica's [`Engine::pin_snapshot`] files). Block files are written and synced first and
 /// the checkpoint file is published last, so a crash midway leaves no shard, only orphans that
 /// the next [`Engine::open`] deletes. Open the engine on `dir` afterwards.
 pub fn install_snapshot(
@@ -225,13 +229,6 @@ pub fn install_snapshot(
             reason: format!("{} already holds a shard", dir.display()),
         });
     }
-    let (last, blocks) = manifest
-        .files
-        .split_last()
-        .filter(|(last, _)| last.0 == CHECKPOINT_FILE)
-        .ok_or_else(|| Error::InvalidRequest {
-            reason: "a snapshot manifest ends with the checkpoint file".into(),
-        })?;
     let mut copy = |name: &str, len: u64, to: &Path| -> Result<()> {
         if name.contains('/') || name.starts_with('.') {
             return Err(Error::InvalidRequest {
@@ -258,12 +255,18 @@ pub fn install_snapshot(
         file.sync()
             .map_err(|e| Error::io("sync snapshot file", to, e))
     };
-    for (name, len) in blocks {
+    for (name, len) in &manifest.blocks {
+        if !name.ends_with(".blk") {
+            return Err(Error::InvalidRequest {
+                reason: format!("snapshot block file {name:?} does not end in .blk"),
+            });
+        }
         copy(name, *len, &dir.join(name))?;
     }
     // The checkpoint is the root: it appears, complete, only after every block is durable.
     let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    copy(&last.0, last.1, &tmp)?;
+    let (name, len) = &manifest.checkpoint;
+    copy(name, *len, &tmp)?;
     fs.rename(&tmp, &checkpoint)
         .map_err(|e| Error::io("publish snapshot checkpoint", &checkpoint, e))?;
     fs.sync_dir(dir)
@@ -430,12 +433,24 @@ pub struct Engine {
     /// Generation of the last published checkpoint.
     generation: u64,
     /// Opaque position of the last applied command, stored in checkpoints (the Raft log index).
-    applied: u64,
+    applied: Vec<u8>,
+    /// Cloned into every [`SnapshotPin`]: while a clone is alive, block files are not deleted
+    /// (a snapshot being streamed still reads them); their deletion waits in `deferred_deletes`.
+    snapshot_pin: Arc<()>,
+    deferred_deletes: Vec<String>,
 }
 
+/// Keeps the files of a published checkpoint from being deleted while it lives (see
+/// [`Engine::pin_snapshot`]). Deletions deferred meanwhile happen at the next compaction or
+/// retention pass after the last pin is dropped, or as orphans at the next open.
+#[derive(Clone, Debug)]
+pub struct SnapshotPin(#[allow(dead_code)] Arc<()>);
+
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// Suffix of the immutable checkpoint copies that snapshots stream.
+const SNAPSHOT_SUFFIX: &str = ".snap";
 const CHECKPOINT_MAGIC: &[u8; 8] = b"STRATACK";
-const CHECKPOINT_VERSION: u8 = 1;
+const CHECKPOINT_VERSION: u8 = 2;
 
 impl Engine {
     /// Opens the engine in `cfg.dir`: loads the last checkpoint (if any), opens its blocks and
@@ -458,7 +473,9 @@ impl Engine {
                 .map(|t| (t, i64::MIN))
                 .collect(),
             generation: 0,
-            applied: 0,
+            applied: Vec::new(),
+            snapshot_pin: Arc::new(()),
+            deferred_deletes: Vec::new(),
         };
         let path = engine.path(CHECKPOINT_FILE);
         if engine.fs.exists(&path) {
@@ -481,11 +498,13 @@ impl Engine {
     }
 
     /// The Raft index (or other position) of the last applied command, as last set.
-    pub fn applied(&self) -> u64 {
-        self.applied
+    pub fn applied(&self) -> &[u8] {
+        &self.applied
     }
 
-    pub fn set_applied(&mut self, applied: u64) {
+    /// Sets the caller's opaque position of the last applied command (the Raft layer stores its
+    /// log id and membership here); the next checkpoint makes it durable with the data.
+    pub fn set_applied(&mut self, applied: Vec<u8>) {
         self.applied = applied;
     }
 
@@ -1121,7 +1140,7 @@ impl Engine {
             replaced.extend(members);
         }
         if written.is_empty() {
-            return Ok(());
+            return self.delete_files(Vec::new());
         }
         let old: Vec<Block> = self.remove_blocks(|i, _| replaced.contains(&i));
         self.blocks.extend(written);
@@ -1143,12 +1162,22 @@ impl Engine {
         removed
     }
 
-    fn delete_blocks(&self, blocks: &[Block]) -> Result<()> {
-        for b in blocks {
-            let path = self.path(&b.name);
+    fn delete_blocks(&mut self, blocks: &[Block]) -> Result<()> {
+        self.delete_files(blocks.iter().map(|b| b.name.clone()).collect())
+    }
+
+    /// Deletes files no published checkpoint names, or defers it while a snapshot is pinned
+    /// (then it also deletes what earlier calls deferred).
+    fn delete_files(&mut self, names: Vec<String>) -> Result<()> {
+        self.deferred_deletes.extend(names);
+        if Arc::strong_count(&self.snapshot_pin) > 1 || self.deferred_deletes.is_empty() {
+            return Ok(());
+        }
+        for name in std::mem::take(&mut self.deferred_deletes) {
+            let path = self.path(&name);
             self.fs
                 .remove_file(&path)
-                .map_err(|e| Error::io("delete block", &path, e))?;
+                .map_err(|e| Error::io("delete file", &path, e))?;
         }
         self.fs
             .sync_dir(&self.cfg.dir)
@@ -1202,7 +1231,7 @@ impl Engine {
             self.by_id.remove(&(s.key.id().0, *r));
         }
         if old.is_empty() && gone.is_empty() {
-            return Ok(());
+            return self.delete_files(Vec::new());
         }
         self.checkpoint()?;
         self.delete_blocks(&old)
@@ -1217,28 +1246,41 @@ impl Engine {
             .map_err(|e| Error::io("write checkpoint", &path, e))
     }
 
-    /// The files of the last published checkpoint with their lengths: what a snapshot of this
-    /// shard consists of. Block files are immutable; the caller must keep the engine from
-    /// compacting or expiring them (and from publishing a new checkpoint) while it streams them.
-    pub fn snapshot_manifest(&self) -> Result<SnapshotManifest> {
-        let mut files = Vec::with_capacity(self.blocks.len() + 1);
-        for name in self
-            .blocks
-            .iter()
-            .map(|b| b.name.as_str())
-            .chain([CHECKPOINT_FILE])
-        {
-            let path = self.path(name);
+    /// Publishes a checkpoint and an immutable copy of it for a snapshot, and returns the files
+    /// of that snapshot with a pin: while the pin (or a clone) lives, none of the files is
+    /// deleted, whatever compaction and retention do meanwhile, so a replica can stream them.
+    pub fn pin_snapshot(&mut self) -> Result<(SnapshotManifest, SnapshotPin)> {
+        self.checkpoint()?;
+        let bytes = self.encode_checkpoint();
+        let name = format!("{CHECKPOINT_FILE}-{:016}{SNAPSHOT_SUFFIX}", self.generation);
+        let path = self.path(&name);
+        write_file_atomic(&*self.fs, &path, &bytes)
+            .map_err(|e| Error::io("write snapshot checkpoint", &path, e))?;
+        // Older snapshot copies are dead once nobody streams them.
+        let mut old: Vec<String> = self
+            .fs
+            .list(&self.cfg.dir)
+            .map_err(|e| Error::io("list shard dir", &self.cfg.dir, e))?
+            .into_iter()
+            .filter(|n| n.ends_with(SNAPSHOT_SUFFIX) && *n != name)
+            .collect();
+        old.retain(|n| !self.deferred_deletes.contains(n));
+        self.delete_files(old)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let path = self.path(&b.name);
             let len = self
                 .fs
                 .file_len(&path)
                 .map_err(|e| Error::io("stat snapshot file", &path, e))?;
-            files.push((name.to_string(), len));
+            blocks.push((b.name.clone(), len));
         }
-        Ok(SnapshotManifest {
+        let manifest = SnapshotManifest {
             generation: self.generation,
-            files,
-        })
+            blocks,
+            checkpoint: (name, bytes.len() as u64),
+        };
+        Ok((manifest, SnapshotPin(Arc::clone(&self.snapshot_pin))))
     }
 
     fn encode_checkpoint(&self) -> Vec<u8> {
@@ -1246,7 +1288,7 @@ impl Engine {
         b.extend_from_slice(CHECKPOINT_MAGIC);
         b.put_u8(CHECKPOINT_VERSION);
         b.put_u64(self.generation);
-        b.put_u64(self.applied);
+        b.put_bytes(&self.applied);
         b.put_i64(self.sealed_until_ms);
         for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
             b.put_i64(self.dropped_until_ms[&tier]);
@@ -1296,7 +1338,7 @@ impl Engine {
             return Err(r.corrupt("bad magic or unknown version"));
         }
         self.generation = r.u64()?;
-        self.applied = r.u64()?;
+        self.applied = r.bytes()?.to_vec();
         self.sealed_until_ms = r.i64()?;
         for tier in [Tier::Raw, Tier::Minute, Tier::Hour] {
             self.dropped_until_ms.insert(tier, r.i64()?);
@@ -1358,8 +1400,9 @@ impl Engine {
         let live: BTreeSet<&str> = self.blocks.iter().map(|b| b.name.as_str()).collect();
         let mut deleted = false;
         for name in names {
-            let orphan =
-                (name.ends_with(".blk") && !live.contains(name.as_str())) || name.ends_with(".tmp");
+            let orphan = (name.ends_with(".blk") && !live.contains(name.as_str()))
+                || name.ends_with(".tmp")
+                || name.ends_with(SNAPSHOT_SUFFIX);
             if orphan {
                 let path = self.path(&name);
                 self.fs

@@ -195,12 +195,12 @@ fn checkpoint_keeps_the_head_across_a_crash() {
         let mut e = open(&fs, |_| {});
         e.append(&k, &pts).unwrap();
         e.append(&k, &samples(&[(1500, 1.5)])).unwrap();
-        e.set_applied(42);
+        e.set_applied(b"raft log id 42".to_vec());
         e.checkpoint().unwrap();
     }
     fs.crash();
     let e = open(&fs, |_| {});
-    assert_eq!(e.applied(), 42);
+    assert_eq!(e.applied(), b"raft log id 42");
     assert_eq!(
         all(&e, &k),
         samples(&[(1000, 1.0), (1500, 1.5), (2000, 2.0)])
@@ -502,9 +502,17 @@ fn a_snapshot_streams_in_bounded_pieces_and_installs_into_an_equal_shard() {
     }
     source.seal_until(4 * HOUR).unwrap();
     source.append(&keys[0], &samples(&[(5, 0.5)])).unwrap(); // late data in the head
-    source.checkpoint().unwrap();
-    let manifest = source.snapshot_manifest().unwrap();
-    assert!(manifest.files.len() > 3);
+    let (manifest, pin) = source.pin_snapshot().unwrap();
+    assert!(manifest.blocks.len() > 3);
+    let expected: Vec<Vec<Sample>> = keys.iter().map(|k| all(&source, k)).collect();
+    let expected_stats = source.stats();
+    // While the snapshot is pinned, compaction and retention replace and drop its blocks, and
+    // the source moves on, but the snapshot's files stay readable.
+    source.append(&keys[1], &samples(&[(7, 0.7)])).unwrap();
+    source.seal().unwrap();
+    source.compact().unwrap();
+    source.apply_retention(410 * 24 * HOUR).unwrap();
+    assert_eq!(source.stats().blocks, 0);
 
     let target_fs = SimFs::new();
     let mut largest_piece = 0;
@@ -521,15 +529,22 @@ fn a_snapshot_streams_in_bounded_pieces_and_installs_into_an_equal_shard() {
     let mut cfg = EngineConfig::new(dir);
     cfg.ooo_window_ms = None;
     let target = Engine::open(Arc::new(target_fs.clone()), cfg).unwrap();
-    for k in &keys {
-        assert_eq!(all(&target, k), all(&source, k));
+    for (k, want) in keys.iter().zip(&expected) {
+        assert_eq!(&all(&target, k), want);
     }
     // Everything but allocation capacities (which depend on how the head grew) is equal.
-    let without_heap = |e: &Engine| strata_shard::engine::EngineStats {
-        head_heap_bytes: 0,
-        ..e.stats()
-    };
-    assert_eq!(without_heap(&target), without_heap(&source));
+    let without_heap =
+        |stats: strata_shard::engine::EngineStats| strata_shard::engine::EngineStats {
+            head_heap_bytes: 0,
+            ..stats
+        };
+    assert_eq!(without_heap(target.stats()), without_heap(expected_stats));
+    // Once the pin is gone, the next pass deletes what was deferred.
+    drop(pin);
+    source.apply_retention(411 * 24 * HOUR).unwrap();
+    source.compact().unwrap();
+    let left = source_fs.list(std::path::Path::new("/shard")).unwrap();
+    assert!(left.iter().all(|n| !n.ends_with(".blk")), "{left:?}");
     // Installing over an existing shard is refused.
     let again = install_snapshot(&target_fs, dir, &manifest, |_, _, _| unreachable!());
     assert!(again.is_err());
