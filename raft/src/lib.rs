@@ -1,10 +1,32 @@
 //! # strata-raft: replication of shards and of cluster metadata
 //!
-//! Not built yet (issue "Multi-Raft replication"). Its job, per DESIGN.md: openraft type config;
-//! one segmented write-ahead log shared by all groups of a node, written through
-//! `strata_shard::fs::Fs`; state machines for shard groups (the `strata-shard` engine) and for the
-//! meta group (group 0, state in sled outside the simulator); one tonic connection per peer that
-//! multiplexes every group; the group registry and the client API the router calls.
+//! Every shard is a Raft group (openraft `=0.10.0-alpha.37`); group 0 is the meta group. A node
+//! hosts replicas of many groups, so everything per node is shared: one write-ahead log with
+//! group commit, one connection per peer.
+//!
+//! ## Map (built so far)
+//! - [`types`]: the openraft type configuration of every group ([`types::TypeConfig`]): node
+//!   ids, [`types::NodeInfo`] (address + zone), the replicated [`types::Command`]s and their
+//!   [`types::Response`]; the runtime is tokio with openraft's seeded RNG, so elections replay
+//!   from a simulator seed.
+//! - [`codec`]: our binary encoding of openraft values (log ids, votes, memberships, entries).
+//! - [`wal`]: the segmented write-ahead log shared by all groups of a node (synchronous core,
+//!   opaque payloads, invariants W1–W…).
+//! - [`log_store`]: openraft's `RaftLogStorage` per group on the shared WAL, and the group-commit
+//!   loop that completes appends only after the fsync that covers them (L1–L3).
+//! - [`shard_sm`]: a shard group's state machine, the `strata-shard` engine; snapshots are
+//!   pinned engine checkpoints read in bounded pieces (R1–R4).
+//!
+//! ## Still to build (issue "Multi-Raft replication")
+//! The meta group's state machine (sled outside the simulator), the tonic transport (one channel
+//! per peer, group id in every message, deadlines, chunked snapshots), the group registry and
+//! client API (`propose`, `read` with strong / leader / any), membership changes and leader
+//! transfer, and the multi-node tests and commit benchmark.
 //!
 //! Must not depend on: `strata-router`, `strata-query-fanout`, PromQL, HTTP. It knows nothing
 //! about labels beyond handing batches to the shard engine.
+
+pub mod codec;
+
+pub mod shard_sm;
+pub mod types;

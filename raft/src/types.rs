@@ -1,0 +1,108 @@
+//! The openraft type configuration shared by every group of a node, and the commands groups
+//! replicate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use openraft::rt::deterministic_rng::DeterministicRng;
+use openraft_rt_tokio::TokioRuntime;
+use strata_shard::engine::AppendOutcome;
+use strata_shard::{Sample, SeriesKey};
+
+/// A node of the cluster, unique for its lifetime.
+pub type NodeId = u64;
+/// A Raft group: 0 is the meta group, every other id is a shard.
+pub type GroupId = u64;
+/// The meta group's id.
+pub const META_GROUP: GroupId = 0;
+
+/// How peers reach a node and where it runs (replicas of a shard live in distinct zones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `host:port` of the node's gRPC endpoint.
+    pub addr: String,
+    pub zone: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.addr, self.zone)
+    }
+}
+
+/// What a shard group's log carries. Every command that changes the engine's state, including
+/// what limits and retention count, goes through the log (S3 of `strata-shard`): time arrives
+/// inside the command, from the proposer's clock, never from the applying replica's.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Samples of several series, applied with first-write-wins dedup.
+    Write(Vec<(SeriesKey, Vec<Sample>)>),
+    /// Persist what the head no longer needs in memory (`Engine::seal`).
+    Seal,
+    /// Drop expired blocks as of `now_ms` (`Engine::apply_retention`).
+    Retention { now_ms: i64 },
+    /// Merge blocks (`Engine::compact`).
+    Compact,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Write(batch) => {
+                let samples: usize = batch.iter().map(|(_, s)| s.len()).sum();
+                write!(f, "write({} series, {samples} samples)", batch.len())
+            }
+            Command::Seal => f.write_str("seal"),
+            Command::Retention { now_ms } => write!(f, "retention(now={now_ms})"),
+            Command::Compact => f.write_str("compact"),
+        }
+    }
+}
+
+/// What applying a command did, returned to the proposer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    pub appended: u64,
+    pub duplicates: u64,
+    /// Refused samples by reason (`strata_shard::Error::reason`).
+    pub rejected: BTreeMap<String, u64>,
+    /// The first refusals, as messages naming series, times or limits.
+    pub errors: Vec<String>,
+}
+
+impl From<AppendOutcome> for Response {
+    fn from(o: AppendOutcome) -> Self {
+        Response {
+            appended: o.appended,
+            duplicates: o.duplicates,
+            rejected: o
+                .rejected
+                .into_iter()
+                .map(|(reason, n)| (reason.to_string(), n))
+                .collect(),
+            errors: o.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// openraft's tokio runtime with a seeded RNG: election timeouts replay from a simulator seed.
+/// Every future that reaches openraft must run inside `Runtime::scope(seed, ..)`.
+pub type Runtime = DeterministicRng<TokioRuntime>;
+
+openraft::declare_raft_types!(
+    /// The type configuration of every Strata Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        AsyncRuntime = Runtime,
+);
+
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Payload = openraft::EntryPayload<Command, NodeId, NodeInfo>;
