@@ -10,8 +10,8 @@
 //!   [`types::Response`]; the runtime is tokio with openraft's seeded RNG, so elections replay
 //!   from a simulator seed.
 //! - [`codec`]: our binary encoding of openraft values (log ids, votes, memberships, entries).
-//! - [`wal`]: the segmented write-ahead log shared by all groups of a node (synchronous core,
-//!   opaque payloads, invariants W1–W…).
+//! - [`wal`]: the segmented write-ahead log shared by all groups of a node (group commit,
+//!   torn-tail recovery, segment reclaim; W1–W9); independent of openraft, payloads are opaque.
 //! - [`log_store`]: openraft's `RaftLogStorage` per group on the shared WAL, and the group-commit
 //!   loop that completes appends only after the fsync that covers them (L1–L3).
 //! - [`shard_sm`]: a shard group's state machine, the `strata-shard` engine; snapshots are
@@ -27,6 +27,7 @@
 //! about labels beyond handing batches to the shard engine.
 
 pub mod codec;
-
+pub mod log_store;
 pub mod shard_sm;
 pub mod types;
+pub mod wal;

@@ -1,0 +1,266 @@
+//! openraft's log storage for every group of a node, on the one shared [`Wal`].
+//!
+//! [`SharedWal`] owns the node's WAL and its group-commit loop ([`SharedWal::run_flusher`]):
+//! appends of all groups are buffered; the loop flushes whatever is pending with one fsync and
+//! then completes every append that fsync covered (openraft's [`IOFlushed`] callbacks fire only
+//! after the fsync, L1). Each group gets a cheap [`WalLogStore`] handle.
+//!
+//! ## Invariants
+//! - L1. An append's callback fires only once `durable_seq >= its seq`; a failed flush fails
+//!   every waiting callback and poisons the WAL (the node must restart).
+//! - L2. `save_vote` returns only after the vote is durable (it flushes itself).
+//! - L3. Entries are readable as soon as `append` returns (the WAL keeps them in memory).
+//!
+//! The WAL does file IO under a mutex inside async code. That is deterministic in the simulator
+//! and fine for tests; production should move the fsync off the async workers (a dedicated
+//! blocking thread) once the commit benchmark shows it matters.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use strata_shard::Fs;
+use tokio::sync::Notify;
+
+use crate::codec;
+use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
+use crate::wal::{Seq, Wal, WalConfig, WalError};
+
+struct State {
+    wal: Wal,
+    /// Appends waiting for the fsync that covers them, in seq order.
+    waiting: Vec<(Seq, IOFlushed<TypeConfig>)>,
+}
+
+/// A node's WAL shared by all its groups, with the group-commit loop.
+pub struct SharedWal {
+    state: Mutex<State>,
+    pending: Notify,
+}
+
+fn wal_io(e: WalError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl SharedWal {
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: impl Into<PathBuf>,
+        config: WalConfig,
+    ) -> Result<Arc<Self>, WalError> {
+        Ok(Arc::new(SharedWal {
+            state: Mutex::new(State {
+                wal: Wal::open(fs, dir, config)?,
+                waiting: Vec::new(),
+            }),
+            pending: Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log store of one group.
+    pub fn group(self: &Arc<Self>, group: GroupId) -> WalLogStore {
+        WalLogStore {
+            group,
+            wal: Arc::clone(self),
+        }
+    }
+
+    /// The group-commit loop: run it on one task per node for as long as the node lives.
+    pub async fn run_flusher(self: Arc<Self>) {
+        loop {
+            self.pending.notified().await;
+            if self.flush_and_complete().is_err() {
+                // The WAL is poisoned and every waiting append was failed (L1); openraft
+                // reports the groups fatal and the node must restart.
+                return;
+            }
+        }
+    }
+
+    /// Flushes what is pending (one fsync for every group) and completes covered appends.
+    fn flush_and_complete(&self) -> Result<(), io::Error> {
+        let (done, result) = {
+            let mut st = self.lock();
+            let result = if st.wal.has_pending() {
+                st.wal.flush().map(|_| ())
+            } else {
+                Ok(())
+            };
+            let durable = st.wal.durable_seq();
+            let split = match &result {
+                Ok(()) => st.waiting.partition_point(|(seq, _)| *seq <= durable),
+                Err(_) => st.waiting.len(),
+            };
+            let done: Vec<_> = st.waiting.drain(..split).collect();
+            (done, result.map_err(wal_io))
+        };
+        for (_, callback) in done {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            callback.io_completed(outcome);
+        }
+        result
+    }
+}
+
+/// The log storage of one group on the shared WAL.
+#[derive(Clone)]
+pub struct WalLogStore {
+    group: GroupId,
+    wal: Arc<SharedWal>,
+}
+
+impl WalLogStore {
+    fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, io::Error> {
+        let raw = self
+            .wal
+            .lock()
+            .wal
+            .entries(self.group, range)
+            .map_err(wal_io)?;
+        raw.iter()
+            .map(|(_, bytes)| {
+                codec::decode(bytes, "WAL entry", codec::get_entry).map_err(codec::to_io)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for WalLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.entries(range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        let state = self.wal.lock().wal.log_state(self.group).map_err(wal_io)?;
+        state
+            .vote
+            .map(|b| codec::decode(&b, "WAL vote", codec::get_vote).map_err(codec::to_io))
+            .transpose()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for WalLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let state = self.wal.lock().wal.log_state(self.group).map_err(wal_io)?;
+        let last_purged_log_id = state
+            .last_purged
+            .map(|p| {
+                codec::decode(&p.payload, "WAL purge point", codec::get_log_id)
+                    .map_err(codec::to_io)
+            })
+            .transpose()?;
+        let last_log_id = match state.last_index {
+            Some(last) => self.entries(last..=last)?.pop().map(|e| e.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes = codec::encode(vote, codec::put_vote);
+        self.wal
+            .lock()
+            .wal
+            .save_vote(self.group, &bytes)
+            .map_err(wal_io)?;
+        // L2: durable before openraft acts on it.
+        self.wal.flush_and_complete()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        let bytes = codec::encode(&committed, codec::put_log_id);
+        self.wal
+            .lock()
+            .wal
+            .save_committed(self.group, &bytes)
+            .map_err(wal_io)?;
+        self.wal.pending.notify_one();
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let state = self.wal.lock().wal.log_state(self.group).map_err(wal_io)?;
+        state
+            .committed
+            .map(|b| codec::decode(&b, "WAL commit point", codec::get_log_id).map_err(codec::to_io))
+            .transpose()
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut first = None;
+        let mut payloads = Vec::new();
+        for e in entries {
+            first.get_or_insert(e.log_id.index);
+            payloads.push(codec::encode(&e, codec::put_entry));
+        }
+        {
+            let mut st = self.wal.lock();
+            let seq = match first {
+                Some(first) => st
+                    .wal
+                    .append(self.group, first, &payloads)
+                    .map_err(wal_io)?,
+                None => st.wal.pending_seq(),
+            };
+            st.waiting.push((seq, callback));
+        }
+        self.wal.pending.notify_one();
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.wal
+            .lock()
+            .wal
+            .truncate(self.group, from)
+            .map_err(wal_io)?;
+        self.wal.pending.notify_one();
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let marker = codec::encode(&log_id, codec::put_log_id);
+        self.wal
+            .lock()
+            .wal
+            .purge(self.group, log_id.index, &marker)
+            .map_err(wal_io)?;
+        self.wal.pending.notify_one();
+        Ok(())
+    }
+}
