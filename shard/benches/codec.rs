@@ -15,13 +15,19 @@
 //!
 //! Every series is cut into chunks of `CHUNK_SAMPLES_MAX` samples. Bytes/sample is the total
 //! size of the finished chunks (2-byte header included) over the samples they hold.
+//!
+//! `rollup/node`: the 1m rollup records of 6 h of `workload::NodeExporterLike` (20 hosts, 520
+//! series, 15 s scrapes, as in `strata demo`), one `rollup::encode` per series as in a block.
+//! Bytes/record is the encoded size over the records; throughput counts records.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use strata_shard::Tenant;
 use strata_shard::chunk::{self, CHUNK_SAMPLES_MAX, ChunkEncoder};
+use strata_shard::rollup::{self, RollupRecord};
 use strata_shard::series::Sample;
-use strata_shard::workload::SplitMix64;
+use strata_shard::workload::{NodeExporterLike, SplitMix64};
 
 const SERIES_PER_KIND: usize = 200;
 const SAMPLES_PER_SERIES: usize = 10 * CHUNK_SAMPLES_MAX;
@@ -215,5 +221,62 @@ fn codec(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec);
+/// Per series, the 1m rollups of `hours` of node_exporter-like scrapes.
+fn node_rollups(hosts: usize, hours: i64) -> Vec<Vec<RollupRecord>> {
+    let tenant = Tenant::new("bench").unwrap();
+    let mut load = NodeExporterLike::new(&tenant, hosts, 7);
+    let step = load.scrape_interval_ms;
+    let mut samples = vec![Vec::new(); load.series.len()];
+    for k in 1..=hours * 3_600_000 / step {
+        for (series, (_, scraped)) in samples.iter_mut().zip(load.scrape(START_MS + k * step)) {
+            series.extend(scraped);
+        }
+    }
+    samples.iter().map(|s| rollup::compute(s, 60_000)).collect()
+}
+
+fn rollups(c: &mut Criterion) {
+    let series = node_rollups(20, 6);
+    let records: usize = series.iter().map(Vec::len).sum();
+    let encoded: Vec<Vec<u8>> = series
+        .iter()
+        .map(|r| {
+            let mut out = Vec::new();
+            rollup::encode(r, &mut out);
+            out
+        })
+        .collect();
+    let bytes: usize = encoded.iter().map(Vec::len).sum();
+    eprintln!(
+        "rollup/node  bytes/record: {:.3} ({records} 1m records of {} series)",
+        bytes as f64 / records as f64,
+        series.len()
+    );
+    for (e, r) in encoded.iter().zip(&series) {
+        assert_eq!(&rollup::decode(e).unwrap(), r);
+    }
+
+    let mut group = c.benchmark_group("rollup/node");
+    group.throughput(Throughput::Elements(records as u64));
+    let mut out = Vec::new();
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            for r in &series {
+                out.clear();
+                rollup::encode(black_box(r), &mut out);
+                black_box(&out);
+            }
+        })
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for e in &encoded {
+                black_box(rollup::decode(black_box(e)).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, rollups);
 criterion_main!(benches);
