@@ -9,8 +9,8 @@
 //! ## Invariants
 //! - R1. The live engine is always a complete engine directory.
 //! - R2. The engine's checkpoint carries the log id and membership of the last entry applied
-//!   before it was published ([`Engine::set_applied`] is called before each command runs, so a
-//!   checkpoint published by a seal includes the seal). After a restart `applied_state` reports
+//!   before it was published ([`Engine::set_applied`] is called right before every command or
+//!   snapshot that publishes one, so a checkpoint published by a seal includes the seal). After a restart `applied_state` reports
 //!   that position and openraft re-applies the log after it; entries are purged only up to a
 //!   snapshot, and a snapshot is always a published checkpoint, so nothing between is lost.
 //! - R3. Apply is deterministic: the engine reads no clock, and time reaches it in commands.
@@ -200,12 +200,13 @@ impl Inner {
             self.membership = StoredMembership::new(Some(log_id), m.clone());
         }
         self.last_applied = Some(log_id);
-        // R2: the position goes in before the command, so a checkpoint it publishes covers it.
-        self.engine
-            .set_applied(encode_applied(self.last_applied.as_ref(), &self.membership));
         let EntryPayload::Normal(command) = payload else {
             return Ok(Response::default());
         };
+        if !matches!(command, Command::Write(_)) {
+            // R2: every other command publishes a checkpoint, which must carry this position.
+            self.record_applied();
+        }
         match command {
             Command::Write(batch) => Ok(self.engine.apply_batch(&batch)?.into()),
             Command::Seal => self.engine.seal().map(|()| Response::default()),
@@ -217,7 +218,15 @@ impl Inner {
         }
     }
 
+    /// Hands the applied position to the engine; called only right before the engine publishes
+    /// a checkpoint (R2), which keeps encoding off the write path.
+    fn record_applied(&mut self) {
+        self.engine
+            .set_applied(encode_applied(self.last_applied.as_ref(), &self.membership));
+    }
+
     fn snapshot(&mut self) -> strata_shard::Result<Snapshot> {
+        self.record_applied();
         let (manifest, pin) = self.engine.pin_snapshot()?;
         self.has_snapshot = true;
         Ok(Snapshot {

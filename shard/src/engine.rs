@@ -1239,19 +1239,24 @@ impl Engine {
 
     /// Publishes the current state durably: the block list and the whole head (S4, S5).
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.publish_checkpoint().map(drop)
+    }
+
+    /// [`Self::checkpoint`], returning the bytes it published.
+    fn publish_checkpoint(&mut self) -> Result<Vec<u8>> {
         self.generation += 1;
         let bytes = self.encode_checkpoint();
         let path = self.path(CHECKPOINT_FILE);
         write_file_atomic(&*self.fs, &path, &bytes)
-            .map_err(|e| Error::io("write checkpoint", &path, e))
+            .map_err(|e| Error::io("write checkpoint", &path, e))?;
+        Ok(bytes)
     }
 
     /// Publishes a checkpoint and an immutable copy of it for a snapshot, and returns the files
     /// of that snapshot with a pin: while the pin (or a clone) lives, none of the files is
     /// deleted, whatever compaction and retention do meanwhile, so a replica can stream them.
     pub fn pin_snapshot(&mut self) -> Result<(SnapshotManifest, SnapshotPin)> {
-        self.checkpoint()?;
-        let bytes = self.encode_checkpoint();
+        let bytes = self.publish_checkpoint()?;
         let name = format!("{CHECKPOINT_FILE}-{:016}{SNAPSHOT_SUFFIX}", self.generation);
         let path = self.path(&name);
         write_file_atomic(&*self.fs, &path, &bytes)
