@@ -15,19 +15,29 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` per group on the shared WAL, and the group-commit
 //!   loop that completes appends only after the fsync that covers them (L1–L3).
 //! - [`shard_sm`]: a shard group's state machine, the `strata-shard` engine; snapshots are
-//!   pinned engine checkpoints read in bounded pieces (R1–R4).
+//!   pinned engine checkpoints (R1–R4).
+//! - [`snapshot`]: [`snapshot::SnapshotFiles`], the one snapshot type of every group: immutable
+//!   files read in bounded pieces (P1–P3), so one transport streams every group's snapshots.
+//! - [`network`]: the seam between groups and the wire (N1–N4): [`network::RaftHandler`]
+//!   (the receiving side, implemented by the registry), the snapshot sender/receiver both
+//!   transports use, and [`network::local`], the in-process transport of tests and benches.
 //!
 //! ## Still to build (issue "Multi-Raft replication")
-//! The meta group's state machine (sled outside the simulator), the tonic transport (one channel
-//! per peer, group id in every message, deadlines, chunked snapshots), the group registry and
-//! client API (`propose`, `read` with strong / leader / any), membership changes and leader
-//! transfer, and the multi-node tests and commit benchmark.
+//! - `meta`: the meta group's commands (nodes, placement, ring epochs, tenants, leases with
+//!   expiry computed from the proposer's time in the command) and its state machine, stored in
+//!   sled outside the simulator and in memory (rebuilt from snapshot + log) inside it.
+//! - the tonic transport (`strata-proto` wire types; one channel per peer, deadlines,
+//!   chunked snapshots) — another implementation of the same `GroupRouter` as `local`.
+//! - `registry`: a node's groups (create / start / stop / drop), the client API (`propose`,
+//!   `read` with strong / leader / any), membership changes and leader transfer.
 //!
 //! Must not depend on: `strata-router`, `strata-query-fanout`, PromQL, HTTP. It knows nothing
 //! about labels beyond handing batches to the shard engine.
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
 pub mod shard_sm;
+pub mod snapshot;
 pub mod types;
 pub mod wal;

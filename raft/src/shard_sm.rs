@@ -14,10 +14,10 @@
 //!   that position and openraft re-applies the log after it; entries are purged only up to a
 //!   snapshot, and a snapshot is always a published checkpoint, so nothing between is lost.
 //! - R3. Apply is deterministic: the engine reads no clock, and time reaches it in commands.
-//! - R4. A snapshot being streamed pins its files ([`SnapshotPin`]); compaction and retention
-//!   defer deletions until it is dropped.
+//! - R4. A snapshot being streamed pins its files (`strata_shard::engine::SnapshotPin`, held by
+//!   the [`SnapshotFiles`]); compaction and retention defer deletions until it is dropped. A
+//!   shard snapshot's files are the engine's blocks, then its checkpoint copy last.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,69 +25,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use strata_shard::engine::{Engine, EngineConfig, SnapshotManifest, SnapshotPin, install_snapshot};
+use strata_shard::engine::{Engine, EngineConfig, SnapshotManifest, install_snapshot};
 use strata_shard::fs::{create_dir_all_durable, write_file_atomic};
 use strata_shard::{Error, Fs};
 
 use crate::codec::{self, to_io};
+use crate::snapshot::SnapshotFiles;
 use crate::types::{Command, LogId, Payload, Response, SnapshotMeta, StoredMembership, TypeConfig};
 
-type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, ShardSnapshot>;
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFiles>;
 
 const CURRENT_FILE: &str = "CURRENT";
-
-/// A published engine checkpoint that can be read in pieces: what shard snapshots carry. On
-/// the sending side it pins the files (R4); on the receiving side it names the staging copy.
-#[derive(Clone)]
-pub struct ShardSnapshot {
-    fs: Arc<dyn Fs>,
-    dir: PathBuf,
-    manifest: SnapshotManifest,
-    _pin: Option<SnapshotPin>,
-}
-
-impl fmt::Debug for ShardSnapshot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShardSnapshot")
-            .field("dir", &self.dir)
-            .field("manifest", &self.manifest)
-            .finish()
-    }
-}
-
-impl ShardSnapshot {
-    /// A snapshot whose files have been received into `dir` (by the network layer).
-    pub fn received(fs: Arc<dyn Fs>, dir: PathBuf, manifest: SnapshotManifest) -> Self {
-        ShardSnapshot {
-            fs,
-            dir,
-            manifest,
-            _pin: None,
-        }
-    }
-
-    pub fn manifest(&self) -> &SnapshotManifest {
-        &self.manifest
-    }
-
-    /// `len` bytes at `offset` of file `name` of the snapshot.
-    pub fn read_piece(&self, name: &str, offset: u64, len: usize) -> strata_shard::Result<Vec<u8>> {
-        let known = name == self.manifest.checkpoint.0
-            || self.manifest.blocks.iter().any(|(n, _)| n == name);
-        if !known {
-            return Err(Error::InvalidRequest {
-                reason: format!(
-                    "{name:?} is not a file of snapshot {}",
-                    self.manifest.generation
-                ),
-            });
-        }
-        let path = self.dir.join(name);
-        self.fs
-            .read_at(&path, offset, len)
-            .map_err(|e| Error::io("read snapshot file", &path, e))
-    }
-}
 
 struct Inner {
     fs: Arc<dyn Fs>,
@@ -175,6 +123,28 @@ impl ShardStateMachine {
     }
 }
 
+/// A shard snapshot's files: the blocks, then the checkpoint copy last.
+fn manifest_files(m: &SnapshotManifest) -> Vec<(String, u64)> {
+    let mut files = m.blocks.clone();
+    files.push(m.checkpoint.clone());
+    files
+}
+
+/// The engine manifest of received shard snapshot files (inverse of [`manifest_files`]).
+fn files_manifest(snap: &SnapshotFiles) -> strata_shard::Result<SnapshotManifest> {
+    let (checkpoint, blocks) = snap.files().split_last().ok_or_else(|| {
+        Error::corrupt(
+            format!("snapshot {}", snap.id()),
+            "no files: a shard snapshot ends with its checkpoint",
+        )
+    })?;
+    Ok(SnapshotManifest {
+        generation: snap.id(),
+        blocks: blocks.to_vec(),
+        checkpoint: checkpoint.clone(),
+    })
+}
+
 fn encode_applied(last: Option<&LogId>, membership: &StoredMembership) -> Vec<u8> {
     let mut b = Vec::new();
     codec::put_option(&mut b, last, codec::put_log_id);
@@ -201,20 +171,19 @@ impl Inner {
         }
         self.last_applied = Some(log_id);
         let EntryPayload::Normal(command) = payload else {
-            return Ok(Response::default());
+            return Ok(Response::Done);
         };
         if !matches!(command, Command::Write(_)) {
             // R2: every other command publishes a checkpoint, which must carry this position.
             self.record_applied();
         }
         match command {
-            Command::Write(batch) => Ok(self.engine.apply_batch(&batch)?.into()),
-            Command::Seal => self.engine.seal().map(|()| Response::default()),
-            Command::Retention { now_ms } => self
-                .engine
-                .apply_retention(now_ms)
-                .map(|()| Response::default()),
-            Command::Compact => self.engine.compact().map(|()| Response::default()),
+            Command::Write(batch) => Ok(Response::Write(self.engine.apply_batch(&batch)?.into())),
+            Command::Seal => self.engine.seal().map(|()| Response::Done),
+            Command::Retention { now_ms } => {
+                self.engine.apply_retention(now_ms).map(|()| Response::Done)
+            }
+            Command::Compact => self.engine.compact().map(|()| Response::Done),
         }
     }
 
@@ -234,23 +203,25 @@ impl Inner {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
             },
-            snapshot: ShardSnapshot {
-                fs: Arc::clone(&self.fs),
-                dir: self.engine.dir().to_path_buf(),
-                manifest,
-                _pin: Some(pin),
-            },
+            snapshot: SnapshotFiles::pinned(
+                Arc::clone(&self.fs),
+                self.engine.dir().to_path_buf(),
+                manifest.generation,
+                manifest_files(&manifest),
+                pin,
+            ),
         })
     }
 
     /// Copies `snap` into a fresh engine directory and makes it live (R1).
-    fn install(&mut self, meta: &SnapshotMeta, snap: &ShardSnapshot) -> strata_shard::Result<()> {
+    fn install(&mut self, meta: &SnapshotMeta, snap: &SnapshotFiles) -> strata_shard::Result<()> {
+        let manifest = files_manifest(snap)?;
         let seq = self.engine_seq + 1;
         let name = engine_dir_name(seq);
         let dir = self.root.join(&name);
         // A crash during an earlier install may have left a partial copy here.
         self.delete_dir_files(&dir)?;
-        install_snapshot(&*self.fs, &dir, &snap.manifest, |file, offset, len| {
+        install_snapshot(&*self.fs, &dir, &manifest, |file, offset, len| {
             snap.read_piece(file, offset, len)
         })?;
         let mut cfg = self.template.clone();
@@ -259,7 +230,7 @@ impl Inner {
         let (last_applied, _) = decode_applied(engine.applied())?;
         if last_applied != meta.last_log_id {
             return Err(Error::corrupt(
-                format!("snapshot {}", snap.manifest.generation),
+                format!("snapshot {}", manifest.generation),
                 format!(
                     "its checkpoint was applied up to {last_applied:?}, its metadata says {:?}",
                     meta.last_log_id
@@ -318,7 +289,7 @@ impl Inner {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
-    type SnapshotData = ShardSnapshot;
+    type SnapshotData = SnapshotFiles;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         self.lock().snapshot().map_err(to_io)
@@ -326,7 +297,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for ShardStateMachine {
-    type SnapshotData = ShardSnapshot;
+    type SnapshotData = SnapshotFiles;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -357,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: ShardSnapshot,
+        snapshot: SnapshotFiles,
     ) -> Result<(), io::Error> {
         self.lock().install(meta, &snapshot).map_err(to_io)
     }

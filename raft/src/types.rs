@@ -59,9 +59,20 @@ impl fmt::Display for Command {
     }
 }
 
-/// What applying a command did, returned to the proposer.
+/// What applying an entry did, returned to the proposer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Response {
+pub enum Response {
+    /// Blank and membership entries, and commands with nothing to report (seal, retention,
+    /// compaction).
+    #[default]
+    Done,
+    /// What a `Command::Write` did.
+    Write(WriteOutcome),
+}
+
+/// What applying a write did: counts per outcome and the first refusals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
     pub appended: u64,
     pub duplicates: u64,
     /// Refused samples by reason (`strata_shard::Error::reason`).
@@ -70,9 +81,9 @@ pub struct Response {
     pub errors: Vec<String>,
 }
 
-impl From<AppendOutcome> for Response {
+impl From<AppendOutcome> for WriteOutcome {
     fn from(o: AppendOutcome) -> Self {
-        Response {
+        WriteOutcome {
             appended: o.appended,
             duplicates: o.duplicates,
             rejected: o
