@@ -37,6 +37,7 @@
 pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod registry;
 pub mod shard_sm;
 pub mod snapshot;
 pub mod types;

@@ -73,6 +73,17 @@ impl SharedWal {
         }
     }
 
+    /// Forgets every record of `group` (its replica was dropped), durably.
+    pub fn remove_group(&self, group: GroupId) -> Result<(), io::Error> {
+        self.lock().wal.remove_group(group).map_err(wal_io)?;
+        self.flush_and_complete()
+    }
+
+    /// The groups that have records in the WAL.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.lock().wal.groups()
+    }
+
     /// The group-commit loop: run it on one task per node for as long as the node lives.
     pub async fn run_flusher(self: Arc<Self>) {
         loop {

@@ -26,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use openraft::RaftNetworkFactory;
+use openraft::network::NetSnapshot;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -37,6 +39,16 @@ use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
 use crate::types::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 pub mod local;
+
+/// A transport as the registry uses it: per group, an openraft network factory whose clients
+/// carry that group's id in every message (N1) and stream [`SnapshotFiles`].
+pub trait Transport: Clone + Send + Sync + 'static {
+    type Factory: RaftNetworkFactory<
+            TypeConfig,
+            Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotFiles>,
+        >;
+    fn group_factory(&self, group: GroupId) -> Self::Factory;
+}
 
 /// A snapshot of one group as openraft hands it to the network.
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFiles>;

@@ -19,7 +19,7 @@ use openraft::raft::{
 };
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 
-use super::{HandlerError, RaftHandler, Snapshot, SnapshotReceiver, send_snapshot};
+use super::{HandlerError, RaftHandler, Snapshot, SnapshotReceiver, Transport, send_snapshot};
 use crate::snapshot::SnapshotFiles;
 use crate::types::{GroupId, NodeId, NodeInfo, TypeConfig, Vote};
 
@@ -263,6 +263,14 @@ impl GroupRouter<TypeConfig, GroupId> for LocalRouter {
                 other => StreamingError::Network(NetworkError::new(&other)),
             })
         }
+    }
+}
+
+impl Transport for LocalRouter {
+    type Factory = GroupNetworkFactory<LocalRouter, GroupId>;
+
+    fn group_factory(&self, group: GroupId) -> Self::Factory {
+        GroupNetworkFactory::new(self.clone(), group)
     }
 }
 

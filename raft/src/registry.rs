@@ -1,0 +1,767 @@
+//! A node's Raft groups: the replicas it hosts, created, started, stopped and dropped at
+//! runtime, and the client API the router uses.
+//!
+//! ## Types
+//! - [`RegistryConfig`]: the node's identity, where its data lives, and the Raft tuning.
+//! - [`Registry`]: the groups of one node on one shared WAL and one [`Transport`]; it is the
+//!   node's [`RaftHandler`] (what the network delivers to).
+//! - [`Consistency`]: how fresh a read must be.
+//! - [`ProposeError`], [`ReadError`], [`AdminError`]: what the caller can do next, not just
+//!   what went wrong (follow a leader hint, back off, retry with the same payload).
+//!
+//! ## Layout (through the `Fs` seam)
+//! `<root>/wal/` the shared WAL · `<root>/groups/<group>/` a shard's state machine ·
+//! `<root>/staging/<group>-<n>/` a snapshot being received (removed once installed or
+//! abandoned, and on open).
+//!
+//! ## Invariants
+//! - G1. A proposal is answered `Ok` only once its entry is committed by a quorum and applied
+//!   on this node (openraft's `client_write`); every other answer says whether retrying may
+//!   duplicate (`OutcomeUnknown`, `Timeout`: the entry may still commit — retry with the same
+//!   payload, which first-write-wins dedup makes safe) or not (`NotLeader`, `Busy`,
+//!   `NoSuchGroup`: nothing was appended).
+//! - G2. In-flight proposals per group are bounded ([`RegistryConfig::in_flight_max`]); past
+//!   the bound a proposal is refused at once with `Busy`, never queued without bound.
+//! - G3. Heartbeat intervals differ per group (a deterministic jitter from the group id), so
+//!   the heartbeats of many groups do not fire in lockstep.
+//! - G4. Every group's randomness (election timeouts) derives from the node's seed and the
+//!   group id, so a simulator seed replays elections.
+//! - G5. A replica is dropped only after its Raft has stopped; then its WAL records are
+//!   removed durably and its files deleted. A stopped replica keeps its data and restarts
+//!   from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, ReadPolicy, SnapshotResponse,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::rt::watch::WatchReceiver;
+use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
+use strata_shard::Fs;
+use strata_shard::engine::{Engine, EngineConfig};
+use strata_shard::fs::create_dir_all_durable;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::log_store::SharedWal;
+use crate::network::{HandlerError, HandlerResult, RaftHandler, Snapshot, Transport};
+use crate::shard_sm::ShardStateMachine;
+use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, Runtime, TypeConfig, Vote};
+use crate::wal::WalConfig;
+
+/// The Raft handle of a shard replica.
+pub type ShardRaft = Raft<TypeConfig, ShardStateMachine>;
+
+/// Raft timing shared by every group of a node (milliseconds).
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    /// Base heartbeat interval; each group adds up to a fifth of it (G3).
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log after a snapshot, so a slightly lagging follower catches up by
+    /// log rather than by snapshot.
+    pub keep_after_snapshot: u64,
+    /// Deadline of sending and installing a snapshot.
+    pub snapshot_timeout_ms: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_after_entries: 10_000,
+            keep_after_snapshot: 1000,
+            snapshot_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Everything a node's registry needs.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub node: NodeId,
+    pub fs: Arc<dyn Fs>,
+    pub root: PathBuf,
+    pub wal: WalConfig,
+    /// Engine settings of every shard (`dir` is set per group).
+    pub engine: EngineConfig,
+    pub raft: RaftTuning,
+    /// In-flight proposals per group before `Busy` (G2).
+    pub in_flight_max: usize,
+    /// How long a proposal may wait for commit and apply before `Timeout`.
+    pub propose_timeout: Duration,
+    /// Seed of every group's randomness (G4).
+    pub seed: u64,
+}
+
+impl RegistryConfig {
+    pub fn new(node: NodeId, fs: Arc<dyn Fs>, root: impl Into<PathBuf>) -> Self {
+        RegistryConfig {
+            node,
+            fs,
+            root: root.into(),
+            wal: WalConfig::default(),
+            engine: EngineConfig::new("per-group"),
+            raft: RaftTuning::default(),
+            in_flight_max: 256,
+            propose_timeout: Duration::from_secs(10),
+            seed: node,
+        }
+    }
+
+    /// openraft's configuration of `group`, with its heartbeat jitter (G3).
+    fn openraft_config(&self, group: GroupId) -> Result<Arc<openraft::Config>, AdminError> {
+        let t = &self.raft;
+        let jitter = mix(self.seed ^ group) % (t.heartbeat_ms / 5).max(1);
+        let config = openraft::Config {
+            cluster_name: format!("strata-group-{group}"),
+            heartbeat_interval: t.heartbeat_ms + jitter,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            install_snapshot_timeout: t.snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: t.keep_after_snapshot,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| AdminError::Invalid {
+                group,
+                reason: format!("raft tuning: {e}"),
+            })
+    }
+}
+
+/// SplitMix64: a fixed mixer for per-group jitter and seeds.
+fn mix(x: u64) -> u64 {
+    let z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable: the leader confirms its leadership with a quorum (read index) and the
+    /// local state machine has applied up to that point.
+    Strong,
+    /// Served by the leader on its lease, without a quorum round trip (may be stale only if
+    /// clocks drift more than the lease allows).
+    Leader,
+    /// Whatever this replica has applied; may be stale.
+    Any,
+}
+
+/// Why a proposal was not applied (G1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("node {node} hosts no replica of group {group}")]
+    NoSuchGroup { node: NodeId, group: GroupId },
+    #[error("group {group}: node {node} is not the leader (leader: {leader_hint:?})")]
+    NotLeader {
+        node: NodeId,
+        group: GroupId,
+        leader_hint: Option<(NodeId, NodeInfo)>,
+    },
+    #[error("group {group}: {in_flight} proposals in flight, the limit; retry later")]
+    Busy { group: GroupId, in_flight: usize },
+    #[error(
+        "group {group}: the entry was appended but leadership changed; it may still commit \
+         (leader: {leader_hint:?})"
+    )]
+    OutcomeUnknown {
+        group: GroupId,
+        leader_hint: Option<(NodeId, NodeInfo)>,
+    },
+    #[error("group {group}: not applied within {timeout:?}; it may still commit")]
+    Timeout { group: GroupId, timeout: Duration },
+    #[error("group {group} on node {node} has stopped: {reason}")]
+    Stopped {
+        node: NodeId,
+        group: GroupId,
+        reason: String,
+    },
+}
+
+/// Why a read could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("node {node} hosts no replica of group {group}")]
+    NoSuchGroup { node: NodeId, group: GroupId },
+    #[error("group {group}: node {node} is not the leader (leader: {leader_hint:?})")]
+    NotLeader {
+        node: NodeId,
+        group: GroupId,
+        leader_hint: Option<(NodeId, NodeInfo)>,
+    },
+    #[error("group {group}: no quorum to confirm leadership: {reason}")]
+    NoQuorum { group: GroupId, reason: String },
+    #[error("group {group}: read not ready within {timeout:?}")]
+    Timeout { group: GroupId, timeout: Duration },
+    #[error("group {group} on node {node} has stopped: {reason}")]
+    Stopped {
+        node: NodeId,
+        group: GroupId,
+        reason: String,
+    },
+}
+
+/// Why a group could not be created, started, stopped, dropped or reconfigured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("node {node} already hosts a replica of group {group}")]
+    Exists { node: NodeId, group: GroupId },
+    #[error("node {node} hosts no replica of group {group}")]
+    NoSuchGroup { node: NodeId, group: GroupId },
+    #[error("group {group}: {reason}")]
+    Invalid { group: GroupId, reason: String },
+    #[error("group {group}: node {node} is not the leader (leader: {leader_hint:?})")]
+    NotLeader {
+        node: NodeId,
+        group: GroupId,
+        leader_hint: Option<(NodeId, NodeInfo)>,
+    },
+    #[error("group {group}: storage: {reason}")]
+    Storage { group: GroupId, reason: String },
+    #[error("group {group} has stopped: {reason}")]
+    Stopped { group: GroupId, reason: String },
+}
+
+struct Replica {
+    raft: ShardRaft,
+    sm: ShardStateMachine,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The groups of one node.
+pub struct Registry<T: Transport> {
+    config: RegistryConfig,
+    wal: Arc<SharedWal>,
+    transport: T,
+    groups: Mutex<BTreeMap<GroupId, Arc<Replica>>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    staging_seq: AtomicU64,
+}
+
+fn group_dir(root: &Path, group: GroupId) -> PathBuf {
+    root.join("groups").join(group.to_string())
+}
+
+/// Deletes every file under `dir`, depth first (the `Fs` seam has no directory removal; empty
+/// directories cost nothing).
+fn delete_tree(fs: &dyn Fs, dir: &Path) -> std::io::Result<()> {
+    if !fs.exists(dir) {
+        return Ok(());
+    }
+    for name in fs.list(dir)? {
+        let path = dir.join(&name);
+        if fs.remove_file(&path).is_err() {
+            delete_tree(fs, &path)?;
+        }
+    }
+    fs.sync_dir(dir)
+}
+
+impl<T: Transport> Registry<T> {
+    /// Opens the node's WAL and starts every replica found on disk.
+    pub async fn open(config: RegistryConfig, transport: T) -> Result<Arc<Self>, AdminError> {
+        let storage = |reason: String| AdminError::Storage { group: 0, reason };
+        let fs = Arc::clone(&config.fs);
+        let staging = config.root.join("staging");
+        delete_tree(&*fs, &staging).map_err(|e| storage(format!("clear staging: {e}")))?;
+        let wal = SharedWal::open(Arc::clone(&fs), config.root.join("wal"), config.wal.clone())
+            .map_err(|e| storage(format!("open WAL: {e}")))?;
+        let flusher = tokio::spawn(Arc::clone(&wal).run_flusher());
+        let groups_dir = config.root.join("groups");
+        create_dir_all_durable(&*fs, &groups_dir)
+            .map_err(|e| storage(format!("create {}: {e}", groups_dir.display())))?;
+        let on_disk: BTreeSet<GroupId> = fs
+            .list(&groups_dir)
+            .map_err(|e| storage(format!("list {}: {e}", groups_dir.display())))?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let registry = Arc::new(Registry {
+            config,
+            wal,
+            transport,
+            groups: Mutex::new(BTreeMap::new()),
+            flusher: Mutex::new(Some(flusher)),
+            staging_seq: AtomicU64::new(0),
+        });
+        for group in on_disk {
+            registry.start_group(group).await?;
+        }
+        Ok(registry)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<GroupId, Arc<Replica>>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn replica(&self, group: GroupId) -> Option<Arc<Replica>> {
+        self.lock().get(&group).cloned()
+    }
+
+    /// The groups this node hosts a running replica of.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Creates a new, empty replica of `group`. With `members`, it also initializes the group
+    /// with them as voters (do this on exactly one node of a new group); without, the replica
+    /// waits for a leader to add it (as a learner, then a voter).
+    pub async fn create_group(
+        &self,
+        group: GroupId,
+        members: Option<BTreeMap<NodeId, NodeInfo>>,
+    ) -> Result<(), AdminError> {
+        let node = self.config.node;
+        if self.lock().contains_key(&group)
+            || self.config.fs.exists(&group_dir(&self.config.root, group))
+        {
+            return Err(AdminError::Exists { node, group });
+        }
+        self.start_group(group).await?;
+        let Some(members) = members else {
+            return Ok(());
+        };
+        let raft = self
+            .raft(group)
+            .ok_or(AdminError::NoSuchGroup { node, group })?;
+        Runtime::scope(mix(self.config.seed ^ group), raft.initialize(members))
+            .await
+            .map_err(|e| AdminError::Invalid {
+                group,
+                reason: format!("initialize: {e}"),
+            })
+    }
+
+    /// Starts the replica of `group` from its data on disk (or empty).
+    pub async fn start_group(&self, group: GroupId) -> Result<(), AdminError> {
+        let node = self.config.node;
+        if self.lock().contains_key(&group) {
+            return Err(AdminError::Exists { node, group });
+        }
+        let storage = |reason: String| AdminError::Storage { group, reason };
+        let dir = group_dir(&self.config.root, group);
+        let sm = ShardStateMachine::open(
+            Arc::clone(&self.config.fs),
+            &dir,
+            self.config.engine.clone(),
+        )
+        .map_err(|e| storage(format!("open state machine: {e}")))?;
+        let raft_config = self.config.openraft_config(group)?;
+        let raft = Runtime::scope(
+            mix(self.config.seed ^ group),
+            Raft::new(
+                node,
+                raft_config,
+                self.transport.group_factory(group),
+                self.wal.group(group),
+                sm.clone(),
+            ),
+        )
+        .await
+        .map_err(|e| storage(format!("start raft: {e}")))?;
+        let replica = Arc::new(Replica {
+            raft,
+            sm,
+            in_flight: Arc::new(Semaphore::new(self.config.in_flight_max)),
+        });
+        let mut groups = self.lock();
+        if groups.contains_key(&group) {
+            return Err(AdminError::Exists { node, group });
+        }
+        groups.insert(group, replica);
+        Ok(())
+    }
+
+    /// Stops the replica of `group`; its data stays and [`Registry::start_group`] resumes it.
+    pub async fn stop_group(&self, group: GroupId) -> Result<(), AdminError> {
+        let node = self.config.node;
+        let replica = self
+            .lock()
+            .remove(&group)
+            .ok_or(AdminError::NoSuchGroup { node, group })?;
+        replica
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| AdminError::Stopped {
+                group,
+                reason: format!("shutdown: {e}"),
+            })
+    }
+
+    /// Stops the replica of `group` and deletes its data (G5). Remove it from the group's
+    /// membership first, or the group will keep sending to it.
+    pub async fn drop_group(&self, group: GroupId) -> Result<(), AdminError> {
+        self.stop_group(group).await?;
+        let storage = |reason: String| AdminError::Storage { group, reason };
+        self.wal
+            .remove_group(group)
+            .map_err(|e| storage(format!("remove WAL records: {e}")))?;
+        let dir = group_dir(&self.config.root, group);
+        delete_tree(&*self.config.fs, &dir).map_err(|e| storage(format!("delete files: {e}")))?;
+        // The (empty) directory stays; rename it aside so `create_group` can reuse the id.
+        let graveyard = self.config.root.join("dropped");
+        create_dir_all_durable(&*self.config.fs, &graveyard)
+            .map_err(|e| storage(format!("create {}: {e}", graveyard.display())))?;
+        let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
+        let aside = graveyard.join(format!("{group}-{seq}"));
+        self.config
+            .fs
+            .rename(&dir, &aside)
+            .map_err(|e| storage(format!("move {} aside: {e}", dir.display())))
+    }
+
+    /// Stops every replica and the WAL's flusher.
+    pub async fn shutdown(&self) {
+        let replicas: Vec<Arc<Replica>> = std::mem::take(&mut *self.lock()).into_values().collect();
+        for r in replicas {
+            let _ = r.raft.shutdown().await;
+        }
+        if let Some(flusher) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            flusher.abort();
+        }
+    }
+
+    /// The Raft handle of `group` (metrics, triggers), if hosted.
+    pub fn raft(&self, group: GroupId) -> Option<ShardRaft> {
+        self.replica(group).map(|r| r.raft.clone())
+    }
+
+    /// The latest metrics of this replica of `group`.
+    pub fn metrics(&self, group: GroupId) -> Option<RaftMetrics<TypeConfig>> {
+        self.replica(group)
+            .map(|r| r.raft.metrics().borrow_watched().clone())
+    }
+
+    /// The leader of `group` as this replica knows it.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.metrics(group).and_then(|m| m.current_leader)
+    }
+
+    /// Whether this node leads `group`.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.metrics(group)
+            .is_some_and(|m| m.state == ServerState::Leader)
+    }
+
+    fn leader_hint(&self, group: GroupId, leader: Option<NodeId>) -> Option<(NodeId, NodeInfo)> {
+        let leader = leader?;
+        let metrics = self.metrics(group)?;
+        let info = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, info))
+    }
+
+    /// Proposes `command` to `group`; answers once it is committed and applied here (G1).
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> Result<Response, ProposeError> {
+        let node = self.config.node;
+        let replica = self
+            .replica(group)
+            .ok_or(ProposeError::NoSuchGroup { node, group })?;
+        let _permit = Arc::clone(&replica.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| ProposeError::Busy {
+                group,
+                in_flight: self.config.in_flight_max,
+            })?;
+        let timeout = self.config.propose_timeout;
+        let written = tokio::time::timeout(timeout, replica.raft.client_write(command))
+            .await
+            .map_err(|_| ProposeError::Timeout { group, timeout })?;
+        match written {
+            Ok(reply) => Ok(reply.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    node,
+                    group,
+                    leader_hint: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                Err(ProposeError::OutcomeUnknown {
+                    group,
+                    leader_hint: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(e) => Err(ProposeError::Stopped {
+                node,
+                group,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `read` on this replica's engine once it is as fresh as `consistency` asks.
+    pub async fn read<R>(
+        &self,
+        group: GroupId,
+        consistency: Consistency,
+        read: impl FnOnce(&Engine) -> R,
+    ) -> Result<R, ReadError> {
+        let node = self.config.node;
+        let replica = self
+            .replica(group)
+            .ok_or(ReadError::NoSuchGroup { node, group })?;
+        let policy = match consistency {
+            Consistency::Any => return Ok(replica.sm.with_engine(read)),
+            Consistency::Strong => ReadPolicy::ReadIndex,
+            Consistency::Leader => ReadPolicy::LeaseRead,
+        };
+        let timeout = self.config.propose_timeout;
+        let ready = tokio::time::timeout(timeout, replica.raft.ensure_linearizable(policy))
+            .await
+            .map_err(|_| ReadError::Timeout { group, timeout })?;
+        match ready {
+            Ok(_) => Ok(replica.sm.with_engine(read)),
+            Err(RaftError::APIError(e)) => match e {
+                openraft::error::LinearizableReadError::ForwardToLeader(f) => {
+                    Err(ReadError::NotLeader {
+                        node,
+                        group,
+                        leader_hint: f.leader_id.zip(f.leader_node),
+                    })
+                }
+                openraft::error::LinearizableReadError::QuorumNotEnough(q) => {
+                    Err(ReadError::NoQuorum {
+                        group,
+                        reason: q.to_string(),
+                    })
+                }
+            },
+            Err(RaftError::Fatal(f)) => Err(ReadError::Stopped {
+                node,
+                group,
+                reason: f.to_string(),
+            }),
+        }
+    }
+
+    fn leader_replica(&self, group: GroupId) -> Result<Arc<Replica>, AdminError> {
+        let node = self.config.node;
+        let replica = self
+            .replica(group)
+            .ok_or(AdminError::NoSuchGroup { node, group })?;
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(AdminError::NotLeader {
+                node,
+                group,
+                leader_hint: self.leader_hint(group, metrics.current_leader),
+            });
+        }
+        Ok(replica)
+    }
+
+    fn membership_error<E: std::fmt::Display>(
+        &self,
+        group: GroupId,
+        what: &str,
+    ) -> impl Fn(RaftError<TypeConfig, E>) -> AdminError {
+        let what = what.to_string();
+        move |e| match e {
+            RaftError::APIError(e) => AdminError::Invalid {
+                group,
+                reason: format!("{what}: {e}"),
+            },
+            RaftError::Fatal(f) => AdminError::Stopped {
+                group,
+                reason: f.to_string(),
+            },
+        }
+    }
+
+    /// Adds `node` to `group` (run on the leader): first as a learner, which catches up by log
+    /// or snapshot (this waits for it), then as a voter.
+    pub async fn add_replica(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        info: NodeInfo,
+    ) -> Result<(), AdminError> {
+        let replica = self.leader_replica(group)?;
+        replica
+            .raft
+            .add_learner(node, info, true)
+            .await
+            .map_err(self.membership_error(group, "add learner"))?;
+        replica
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
+            .await
+            .map_err(self.membership_error(group, "promote learner"))?;
+        Ok(())
+    }
+
+    /// Removes `node` from `group`'s voters and learners (run on the leader).
+    pub async fn remove_replica(&self, group: GroupId, node: NodeId) -> Result<(), AdminError> {
+        let replica = self.leader_replica(group)?;
+        replica
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+            .await
+            .map_err(self.membership_error(group, "remove voter"))?;
+        Ok(())
+    }
+
+    /// Asks the leader of `group` (this node) to hand leadership to `to`; returns once asked,
+    /// not once `to` leads (watch [`Registry::leader`]).
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
+        let replica = self.leader_replica(group)?;
+        replica
+            .raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| AdminError::Stopped {
+                group,
+                reason: e.to_string(),
+            })
+    }
+
+    fn raft_for(&self, group: GroupId) -> HandlerResult<ShardRaft> {
+        self.raft(group).ok_or(HandlerError::NoSuchGroup {
+            node: self.config.node,
+            group,
+        })
+    }
+}
+
+fn raft_error(node: NodeId, group: GroupId) -> impl Fn(String) -> HandlerError {
+    move |message| HandlerError::Raft {
+        node,
+        group,
+        message,
+    }
+}
+
+impl<T: Transport> RaftHandler for Registry<T> {
+    fn node_id(&self) -> NodeId {
+        self.config.node
+    }
+
+    fn append_entries(
+        &self,
+        group: GroupId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> BoxFuture<'static, HandlerResult<AppendEntriesResponse<TypeConfig>>> {
+        let raft = self.raft_for(group);
+        let err = raft_error(self.config.node, group);
+        async move {
+            raft?
+                .append_entries(rpc)
+                .await
+                .map_err(|e| err(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn vote(
+        &self,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
+        let raft = self.raft_for(group);
+        let err = raft_error(self.config.node, group);
+        async move { raft?.vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+    }
+
+    fn pre_vote(
+        &self,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
+        let raft = self.raft_for(group);
+        let err = raft_error(self.config.node, group);
+        async move { raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+    }
+
+    fn transfer_leader(
+        &self,
+        group: GroupId,
+        rpc: TransferLeaderRequest<TypeConfig>,
+    ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
+        let raft = self.raft_for(group);
+        let err = raft_error(self.config.node, group);
+        async move {
+            raft?
+                .handle_transfer_leader(rpc)
+                .await
+                .map_err(|e| err(e.to_string()))
+        }
+        .boxed()
+    }
+
+    fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
+        self.raft_for(group)?;
+        let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .config
+            .root
+            .join("staging")
+            .join(format!("{group}-{seq}"));
+        Ok((Arc::clone(&self.config.fs), dir))
+    }
+
+    fn install_snapshot(
+        &self,
+        group: GroupId,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> BoxFuture<'static, HandlerResult<SnapshotResponse<TypeConfig>>> {
+        let raft = self.raft_for(group);
+        let err = raft_error(self.config.node, group);
+        let fs = Arc::clone(&self.config.fs);
+        async move {
+            let staging = snapshot.snapshot.dir().to_path_buf();
+            let installed = match raft {
+                Ok(raft) => raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map_err(|e| err(e.to_string())),
+                Err(e) => Err(e),
+            };
+            // The state machine copied what it needed; the staging copy goes either way.
+            if let Err(e) = delete_tree(&*fs, &staging) {
+                return Err(err(format!("delete staging {}: {e}", staging.display())));
+            }
+            installed
+        }
+        .boxed()
+    }
+}
