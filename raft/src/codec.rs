@@ -10,7 +10,8 @@
 //! membership   configs u32, each: ids u32 then node ids u64 | nodes u32, each: id u64 | node info
 //! entry        log id | payload tag u8: 0 blank, 1 command, 2 membership | payload
 //! command      tag u8: 0 write (series u32, each: key bytes | samples u32, each: ts i64 | bits u64),
-//!              1 seal, 2 retention (now_ms i64), 3 compact
+//!              1 seal, 2 retention (now_ms i64), 3 compact, 4 meta (a meta command, see
+//!              `crate::meta`)
 //! ```
 //! Decoding never panics; bad input is `strata_shard::Error::Corrupt` naming what was read.
 
@@ -78,11 +79,11 @@ pub fn get_vote(r: &mut Reader<'_>) -> Result<Vote> {
     })
 }
 
-fn put_str(b: &mut Vec<u8>, s: &str) {
+pub fn put_str(b: &mut Vec<u8>, s: &str) {
     b.put_bytes(s.as_bytes());
 }
 
-fn get_str(r: &mut Reader<'_>) -> Result<String> {
+pub fn get_str(r: &mut Reader<'_>) -> Result<String> {
     let bytes = r.bytes()?;
     String::from_utf8(bytes.to_vec()).map_err(|_| r.corrupt("string is not UTF-8"))
 }
@@ -157,6 +158,10 @@ pub fn put_command(b: &mut Vec<u8>, c: &Command) {
             b.put_i64(*now_ms);
         }
         Command::Compact => b.put_u8(3),
+        Command::Meta(m) => {
+            b.put_u8(4);
+            crate::meta::put_meta_command(b, m);
+        }
     }
 }
 
@@ -179,6 +184,7 @@ pub fn get_command(r: &mut Reader<'_>) -> Result<Command> {
         1 => Command::Seal,
         2 => Command::Retention { now_ms: r.i64()? },
         3 => Command::Compact,
+        4 => Command::Meta(crate::meta::get_meta_command(r)?),
         tag => return Err(r.corrupt(format!("command tag {tag}"))),
     })
 }

@@ -16,6 +16,11 @@
 //!   loop that completes appends only after the fsync that covers them (L1–L3).
 //! - [`shard_sm`]: a shard group's state machine, the `strata-shard` engine; snapshots are
 //!   pinned engine checkpoints (R1–R4).
+//! - [`meta`]: the meta group's (group 0) commands and pure state: nodes and zones, shard
+//!   placement, ring epochs with their history, tenant limits, and leases whose expiry comes
+//!   only from proposer times carried in commands (M1–M8).
+//! - [`meta_sm`]: the meta group's state machine: the state in sled outside the simulator, in
+//!   memory (rebuilt from snapshot + log) inside it; a snapshot is one small file (M9–M13).
 //! - [`snapshot`]: [`snapshot::SnapshotFiles`], the one snapshot type of every group: immutable
 //!   files read in bounded pieces (P1–P3), so one transport streams every group's snapshots.
 //! - [`network`]: the seam between groups and the wire (N1–N4): [`network::RaftHandler`]
@@ -23,9 +28,6 @@
 //!   transports use, and [`network::local`], the in-process transport of tests and benches.
 //!
 //! ## Still to build (issue "Multi-Raft replication")
-//! - `meta`: the meta group's commands (nodes, placement, ring epochs, tenants, leases with
-//!   expiry computed from the proposer's time in the command) and its state machine, stored in
-//!   sled outside the simulator and in memory (rebuilt from snapshot + log) inside it.
 //! - the tonic transport (`strata-proto` wire types; one channel per peer, deadlines,
 //!   chunked snapshots) — another implementation of the same `GroupRouter` as `local`.
 //! - `registry`: a node's groups (create / start / stop / drop), the client API (`propose`,
@@ -36,6 +38,8 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod meta;
+pub mod meta_sm;
 pub mod network;
 pub mod registry;
 pub mod shard_sm;

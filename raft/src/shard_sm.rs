@@ -173,7 +173,7 @@ impl Inner {
         let EntryPayload::Normal(command) = payload else {
             return Ok(Response::Done);
         };
-        if !matches!(command, Command::Write(_)) {
+        if !matches!(command, Command::Write(_) | Command::Meta(_)) {
             // R2: every other command publishes a checkpoint, which must carry this position.
             self.record_applied();
         }
@@ -184,6 +184,11 @@ impl Inner {
                 self.engine.apply_retention(now_ms).map(|()| Response::Done)
             }
             Command::Compact => self.engine.compact().map(|()| Response::Done),
+            // Apply stays total: a misrouted command is answered, not an error that would
+            // stop the group.
+            Command::Meta(m) => Ok(Response::Refused(format!(
+                "a shard group cannot apply the meta command {m}"
+            ))),
         }
     }
 
@@ -339,5 +344,38 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             return Ok(None);
         }
         inner.snapshot().map(Some).map_err(to_io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::vote::RaftLeaderId;
+    use strata_shard::sim_fs::SimFs;
+
+    use super::*;
+    use crate::meta::MetaCommand;
+
+    #[test]
+    fn a_meta_command_is_answered_with_a_refusal() {
+        let sm = ShardStateMachine::open(
+            Arc::new(SimFs::new()),
+            Path::new("/g1"),
+            EngineConfig::new("unused"),
+        )
+        .unwrap();
+        let leader = openraft::type_config::alias::LeaderIdOf::<TypeConfig>::new(1, 1);
+        let log_id = LogId::new(leader, 1);
+        let cmd = MetaCommand::RemoveNode { id: 3 };
+        let r = sm
+            .inner
+            .lock()
+            .unwrap()
+            .apply_one(log_id, EntryPayload::Normal(Command::Meta(cmd)))
+            .unwrap();
+        assert_eq!(
+            r,
+            Response::Refused("a shard group cannot apply the meta command remove node 3".into())
+        );
+        assert_eq!(sm.inner.lock().unwrap().last_applied, Some(log_id));
     }
 }

@@ -9,6 +9,8 @@ use openraft_rt_tokio::TokioRuntime;
 use strata_shard::engine::AppendOutcome;
 use strata_shard::{Sample, SeriesKey};
 
+use crate::meta::{MetaCommand, MetaResponse};
+
 /// A node of the cluster, unique for its lifetime.
 pub type NodeId = u64;
 /// A Raft group: 0 is the meta group, every other id is a shard.
@@ -43,6 +45,8 @@ pub enum Command {
     Retention { now_ms: i64 },
     /// Merge blocks (`Engine::compact`).
     Compact,
+    /// A command of the meta group (group 0); shard groups refuse it.
+    Meta(MetaCommand),
 }
 
 impl fmt::Display for Command {
@@ -55,6 +59,7 @@ impl fmt::Display for Command {
             Command::Seal => f.write_str("seal"),
             Command::Retention { now_ms } => write!(f, "retention(now={now_ms})"),
             Command::Compact => f.write_str("compact"),
+            Command::Meta(m) => write!(f, "meta: {m}"),
         }
     }
 }
@@ -68,6 +73,11 @@ pub enum Response {
     Done,
     /// What a `Command::Write` did.
     Write(WriteOutcome),
+    /// What a `Command::Meta` did in the meta group.
+    Meta(MetaResponse),
+    /// The command belongs to another kind of group (a meta command sent to a shard group, or
+    /// a shard command to the meta group); nothing was changed.
+    Refused(String),
 }
 
 /// What applying a write did: counts per outcome and the first refusals.
