@@ -11,7 +11,9 @@
 //!   built or installed): `magic "STRMETA\0" | version u32 | applied (option log id) |
 //!   membership | state (crate::meta encoding) | crc32 u32 of all before`. Meta state is small
 //!   (nodes, placements, ring epochs, tenants, leases: kilobytes to a few megabytes), so a
-//!   snapshot is one file, read whole on open and bounded by [`META_SNAPSHOT_BYTES_MAX`].
+//!   snapshot is one file, read whole on open and bounded by [`META_SNAPSHOT_BYTES_MAX`]. P3
+//!   of [`crate::snapshot`] still holds on the wire (pieces of at most 1 MiB); the receiver
+//!   assembles the file in memory, where the state lives anyway.
 //! - The sled database lives wherever [`SledStore::open`] is told (real files only).
 //!
 //! ## Invariants
@@ -54,6 +56,9 @@ type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFil
 
 /// Largest meta snapshot accepted from a peer or read on open.
 pub const META_SNAPSHOT_BYTES_MAX: u64 = 256 << 20;
+/// sled's page cache (its default is 1 GiB; the meta state is far smaller, and openraft dropped
+/// its sled store over memory growth).
+pub const SLED_CACHE_BYTES_MAX: u64 = 64 << 20;
 
 const SNAP_MAGIC: &[u8; 8] = b"STRMETA\0";
 const SNAP_VERSION: u32 = 1;
@@ -136,6 +141,7 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(SLED_CACHE_BYTES_MAX)
             .open()
             .map_err(|e| Error::io("open sled", path, e.into()))?;
         let mut format = Vec::new();
