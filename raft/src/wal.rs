@@ -1079,6 +1079,11 @@ impl Wal {
         Ok(out)
     }
 
+    /// The first and last live index of `group`, if it has entries.
+    pub fn live_range(&self, group: u64) -> Option<(u64, u64)> {
+        self.index.groups.get(&group).and_then(|st| st.range)
+    }
+
     /// The log state of `group` (all `None` for an unknown group).
     pub fn log_state(&self, group: u64) -> Result<LogState> {
         self.check_usable()?;

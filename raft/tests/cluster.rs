@@ -34,10 +34,13 @@ fn key(series: u64) -> SeriesKey {
 
 /// One sample of `series` at step `i` (distinct per (series, i)).
 fn write(series: u64, i: u64) -> Command {
-    Command::Write(vec![(
-        key(series),
-        vec![Sample::new(1_000_000 + i as i64 * 1000, i as f64)],
-    )])
+    Command::Write(
+        vec![(
+            key(series),
+            vec![Sample::new(1_000_000 + i as i64 * 1000, i as f64)],
+        )]
+        .into(),
+    )
 }
 
 struct Cluster {
