@@ -393,3 +393,52 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::EntryPayload;
+    use openraft::vote::RaftLeaderId;
+
+    type LeaderId = openraft::type_config::alias::LeaderIdOf<TypeConfig>;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn decoded_cache_serves_only_whole_ranges_and_evicts_oldest_first() {
+        let mut c = DecodedCache {
+            entries: BTreeMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            budget: 50,
+        };
+        for i in 1..=5 {
+            c.insert(7, entry(i), 10);
+        }
+        c.insert(8, entry(1), 10);
+        // Over budget: group 7's entry 1 went first.
+        assert_eq!(c.bytes, 50);
+        assert_eq!(indexes(c.get(7, 2, 5)), Some(vec![2, 3, 4, 5]));
+        assert_eq!(indexes(c.get(7, 1, 5)), None, "a partial hit is a miss");
+        assert_eq!(indexes(c.get(8, 1, 1)), Some(vec![1]));
+        // Truncation and purge remove exactly their ranges.
+        c.remove(7, 4, u64::MAX);
+        assert_eq!(indexes(c.get(7, 2, 3)), Some(vec![2, 3]));
+        assert_eq!(indexes(c.get(7, 3, 4)), None);
+        c.remove(7, 0, 2);
+        assert_eq!(indexes(c.get(7, 3, 3)), Some(vec![3]));
+        assert_eq!(c.bytes, 20);
+        // Re-appending an index replaces it without double-charging.
+        c.insert(7, entry(3), 10);
+        assert_eq!(c.bytes, 20);
+    }
+}

@@ -238,6 +238,8 @@ pub enum AdminError {
     },
     #[error("group {group}: storage: {reason}")]
     Storage { group: GroupId, reason: String },
+    #[error("node {node}: storage: {reason}")]
+    NodeStorage { node: NodeId, reason: String },
     #[error("group {group} has stopped: {reason}")]
     Stopped { group: GroupId, reason: String },
 }
@@ -280,7 +282,8 @@ fn delete_tree(fs: &dyn Fs, dir: &Path) -> std::io::Result<()> {
 impl<T: Transport> Registry<T> {
     /// Opens the node's WAL and starts every replica found on disk.
     pub async fn open(config: RegistryConfig, transport: T) -> Result<Arc<Self>, AdminError> {
-        let storage = |reason: String| AdminError::Storage { group: 0, reason };
+        let node = config.node;
+        let storage = |reason: String| AdminError::NodeStorage { node, reason };
         let fs = Arc::clone(&config.fs);
         let staging = config.root.join("staging");
         delete_tree(&*fs, &staging).map_err(|e| storage(format!("clear staging: {e}")))?;
