@@ -18,10 +18,11 @@
 //!   every waiting callback and poisons the WAL (the node must restart).
 //! - L2. `save_vote` returns only after the vote is durable (it flushes itself).
 //! - L3. Entries are readable as soon as `append` returns (the WAL keeps them in memory).
+//! - L5. No lock that appends take is held during a write or fsync ([`Wal::begin_flush`]);
+//!   flushes themselves are serialized.
 //!
-//! The WAL does file IO under a mutex inside async code. That is deterministic in the simulator
-//! and fine for tests; production should move the fsync off the async workers (a dedicated
-//! blocking thread) once the commit benchmark shows it matters.
+//! The flush runs on the async worker that polls the group-commit loop (deterministic in the
+//! simulator); appends do not wait for it (L5), but the worker is busy for the fsync.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -114,6 +115,8 @@ struct State {
 /// A node's WAL shared by all its groups, with the group-commit loop.
 pub struct SharedWal {
     state: Mutex<State>,
+    /// Held for a whole flush: the group-commit loop and `save_vote` flush one at a time.
+    flushing: Mutex<()>,
     pending: Notify,
 }
 
@@ -138,6 +141,7 @@ impl SharedWal {
                 wal: Wal::open(fs, dir, config)?,
                 waiting: Vec::new(),
             }),
+            flushing: Mutex::new(()),
             pending: Notify::new(),
         }))
     }
@@ -182,14 +186,21 @@ impl SharedWal {
     }
 
     /// Flushes what is pending (one fsync for every group) and completes covered appends.
+    /// The WAL is locked only to take the buffered records and to account the result, not
+    /// during the write and fsync, so appends of every group go on meanwhile (L5).
     fn flush_and_complete(&self) -> Result<(), io::Error> {
+        let _one_flush_at_a_time = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = self.lock().wal.begin_flush();
+        let result = match job {
+            Ok(None) => Ok(()),
+            Ok(Some(mut job)) => {
+                let outcome = job.run();
+                self.lock().wal.end_flush(job, outcome).map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
         let (done, result) = {
             let mut st = self.lock();
-            let result = if st.wal.has_pending() {
-                st.wal.flush().map(|_| ())
-            } else {
-                Ok(())
-            };
             let durable = st.wal.durable_seq();
             let split = match &result {
                 Ok(()) => st.waiting.partition_point(|(seq, _)| *seq <= durable),
