@@ -36,7 +36,9 @@ use strata_shard::{Error, Fs, FsFile};
 use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
 use crate::types::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
+pub mod grpc;
 pub mod local;
+mod wire;
 
 /// A snapshot of one group as openraft hands it to the network.
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFiles>;
