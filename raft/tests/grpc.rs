@@ -341,6 +341,91 @@ async fn three_nodes_replicate_two_groups_over_loopback_tcp() {
     .await;
 }
 
+/// A learner added after the leader purged its log catches up from a real shard snapshot
+/// (engine blocks + checkpoint) streamed over gRPC.
+#[tokio::test]
+async fn a_learner_catches_up_from_a_shard_snapshot_sent_over_grpc() {
+    Runtime::scope(12, async {
+        let timeout = Some(Duration::from_secs(20));
+        let mut nodes = Vec::new();
+        let mut servers = Vec::new();
+        let mut addrs = Vec::new();
+        for id in 1..=2u64 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push((id, listener.local_addr().unwrap().to_string()));
+            let node = TestNode::new(id, 100 + id);
+            node.add_group(1, &GrpcNetwork::new(GrpcConfig::default()))
+                .await;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handler: Arc<dyn RaftHandler> = node.clone();
+            let server = tokio::spawn(grpc::serve_tcp(handler, listener, async {
+                let _ = stopped.await;
+            }));
+            servers.push((stop, server));
+            nodes.push(node);
+        }
+        let leader = nodes[0].raft(1).unwrap();
+        leader.initialize(membership(&addrs[..1])).await.unwrap();
+        leader
+            .wait(timeout)
+            .current_leader(1, "node 1 leads alone")
+            .await
+            .unwrap();
+        for round in 1..=20 {
+            leader.client_write(batch(round)).await.expect("write");
+        }
+        // Blocks on disk, so the snapshot has several files.
+        let last = leader.client_write(Command::Seal).await.unwrap().log_id;
+        leader.trigger().snapshot().await.unwrap();
+        leader
+            .wait(timeout)
+            .snapshot(last, "snapshot built")
+            .await
+            .unwrap();
+        leader.trigger().purge_log(last.index).await.unwrap();
+        leader
+            .wait(timeout)
+            .purged(Some(last), "log purged")
+            .await
+            .unwrap();
+        let (id, addr) = &addrs[1];
+        let info = NodeInfo {
+            addr: addr.clone(),
+            zone: "z2".into(),
+        };
+        leader.add_learner(*id, info, true).await.expect("learner");
+        let learner = nodes[1].raft(1).unwrap();
+        learner
+            .wait(timeout)
+            .applied_index_at_least(Some(last.index), "caught up")
+            .await
+            .unwrap();
+        // Installed from a snapshot (the leader's current state: it may include the learner's
+        // membership entry), not replayed from the purged log.
+        learner
+            .wait(timeout)
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= last.index),
+                "snapshot installed",
+            )
+            .await
+            .unwrap();
+        let samples = nodes[1]
+            .sm(1)
+            .with_engine(|e| e.read_series(&key(2), i64::MIN, i64::MAX))
+            .unwrap();
+        assert_eq!(samples.len(), 20);
+        for node in &nodes {
+            node.shutdown().await;
+        }
+        for (stop, server) in servers {
+            let _ = stop.send(());
+            server.await.unwrap().expect("server ran");
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshot streams, against a handler that only records what it installs.
 
