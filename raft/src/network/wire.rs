@@ -286,10 +286,9 @@ mod tests {
             },
             Entry {
                 log_id: log_id(2, 1, 6),
-                payload: EntryPayload::Normal(Command::Write(vec![(
-                    key,
-                    vec![Sample::new(1_000, 1.5), Sample::new(2_000, -0.0)],
-                )])),
+                payload: EntryPayload::Normal(Command::Write(
+                    vec![(key, vec![Sample::new(1_000, 1.5), Sample::new(2_000, -0.0)])].into(),
+                )),
             },
             Entry {
                 log_id: log_id(2, 1, 7),
