@@ -31,6 +31,7 @@
 //!   from it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -504,7 +505,9 @@ impl<T: Transport> Registry<T> {
                 in_flight: self.config.in_flight_max,
             })?;
         let timeout = self.config.propose_timeout;
-        let written = tokio::time::timeout(timeout, replica.raft.client_write(command))
+        let raft = replica.raft.clone();
+        let write = self.scoped(group, async move { raft.client_write(command).await });
+        let written = tokio::time::timeout(timeout, write)
             .await
             .map_err(|_| ProposeError::Timeout { group, timeout })?;
         match written {
@@ -657,6 +660,15 @@ impl<T: Transport> Registry<T> {
             })
     }
 
+    /// Runs `f` in `group`'s seeded randomness scope (G4): openraft draws from it when a call
+    /// spawns a task or picks a timeout.
+    fn scoped<F>(&self, group: GroupId, f: F) -> BoxFuture<'static, F::Output>
+    where
+        F: Future + Send + 'static,
+    {
+        Runtime::scope(mix(self.config.seed ^ group), f).boxed()
+    }
+
     fn raft_for(&self, group: GroupId) -> HandlerResult<ShardRaft> {
         self.raft(group).ok_or(HandlerError::NoSuchGroup {
             node: self.config.node,
@@ -701,7 +713,9 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move { raft?.vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+        self.scoped(group, async move {
+            raft?.vote(rpc).await.map_err(|e| err(e.to_string()))
+        })
     }
 
     fn pre_vote(
@@ -711,7 +725,9 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move { raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+        self.scoped(group, async move {
+            raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string()))
+        })
     }
 
     fn transfer_leader(
@@ -721,13 +737,12 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move {
+        self.scoped(group, async move {
             raft?
                 .handle_transfer_leader(rpc)
                 .await
                 .map_err(|e| err(e.to_string()))
-        }
-        .boxed()
+        })
     }
 
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
@@ -750,7 +765,7 @@ impl<T: Transport> RaftHandler for Registry<T> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
         let fs = Arc::clone(&self.config.fs);
-        async move {
+        self.scoped(group, async move {
             let staging = snapshot.snapshot.dir().to_path_buf();
             let installed = match raft {
                 Ok(raft) => raft
@@ -764,7 +779,6 @@ impl<T: Transport> RaftHandler for Registry<T> {
                 return Err(err(format!("delete staging {}: {e}", staging.display())));
             }
             installed
-        }
-        .boxed()
+        })
     }
 }

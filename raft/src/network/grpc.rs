@@ -67,7 +67,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{
     HandlerError, HandlerResult, RaftHandler, Snapshot, SnapshotHeader, SnapshotPiece,
-    SnapshotReceiver, send_snapshot, wire,
+    SnapshotReceiver, Transport, send_snapshot, wire,
 };
 use crate::codec::{self, put_entry, put_log_id, put_option};
 use crate::snapshot::SnapshotFiles;
@@ -593,6 +593,14 @@ fn header_from_pb(h: pb::SnapshotHeader) -> strata_shard::Result<SnapshotHeader>
         id: h.id,
         files: h.files.into_iter().map(|f| (f.name, f.len)).collect(),
     })
+}
+
+impl Transport for GrpcRouter {
+    type Factory = GroupNetworkFactory<GrpcRouter, GroupId>;
+
+    fn group_factory(&self, group: GroupId) -> Self::Factory {
+        GroupNetworkFactory::new(self.clone(), group)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory<GrpcRouter, GroupId> {
