@@ -782,3 +782,39 @@ impl<T: Transport> RaftHandler for Registry<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_shard::sim_fs::SimFs;
+
+    #[test]
+    fn heartbeats_of_groups_are_spread_and_stable() {
+        let config = RegistryConfig::new(1, Arc::new(SimFs::new()), "/n");
+        let base = config.raft.heartbeat_ms;
+        let intervals: Vec<u64> = (1..=64)
+            .map(|g| config.openraft_config(g).unwrap().heartbeat_interval)
+            .collect();
+        assert!(
+            intervals
+                .iter()
+                .all(|&i| (base..base + base / 5).contains(&i))
+        );
+        let distinct: BTreeSet<u64> = intervals.iter().copied().collect();
+        assert!(distinct.len() >= 10, "heartbeats in lockstep: {distinct:?}");
+        // The same group gets the same interval every time (replays from a seed).
+        assert_eq!(
+            config.openraft_config(7).unwrap().heartbeat_interval,
+            intervals[6]
+        );
+    }
+
+    #[test]
+    fn a_bad_tuning_is_refused_with_the_group_named() {
+        let mut config = RegistryConfig::new(1, Arc::new(SimFs::new()), "/n");
+        config.raft.election_timeout_min_ms = 500;
+        config.raft.election_timeout_max_ms = 400;
+        let err = config.openraft_config(9).unwrap_err();
+        assert!(matches!(err, AdminError::Invalid { group: 9, .. }), "{err}");
+    }
+}
