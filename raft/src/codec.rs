@@ -143,7 +143,7 @@ pub fn put_command(b: &mut Vec<u8>, c: &Command) {
         Command::Write(batch) => {
             b.put_u8(0);
             b.put_u32(batch.len() as u32);
-            for (key, samples) in batch {
+            for (key, samples) in batch.iter() {
                 b.put_bytes(&key.canonical_bytes());
                 b.put_u32(samples.len() as u32);
                 for s in samples {
@@ -179,7 +179,7 @@ pub fn get_command(r: &mut Reader<'_>) -> Result<Command> {
                 }
                 batch.push((key, samples));
             }
-            Command::Write(batch)
+            Command::Write(batch.into())
         }
         1 => Command::Seal,
         2 => Command::Retention { now_ms: r.i64()? },
@@ -273,10 +273,13 @@ mod tests {
             },
             Entry {
                 log_id: log_id(2, 3, 7),
-                payload: EntryPayload::Normal(Command::Write(vec![(
-                    key,
-                    vec![Sample::new(-5, f64::from_bits(0x7ff0_0000_0000_0002))],
-                )])),
+                payload: EntryPayload::Normal(Command::Write(
+                    vec![(
+                        key,
+                        vec![Sample::new(-5, f64::from_bits(0x7ff0_0000_0000_0002))],
+                    )]
+                    .into(),
+                )),
             },
             Entry {
                 log_id: log_id(2, 3, 8),

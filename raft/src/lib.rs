@@ -25,11 +25,11 @@
 //!   files read in bounded pieces (P1–P3), so one transport streams every group's snapshots.
 //! - [`network`]: the seam between groups and the wire (N1–N4): [`network::RaftHandler`]
 //!   (the receiving side, implemented by the registry), the snapshot sender/receiver both
-//!   transports use, and [`network::local`], the in-process transport of tests and benches.
+//!   transports use, [`network::local`], the in-process transport of tests and benches, and
+//!   [`network::grpc`], the tonic transport between nodes (`strata-proto` wire types; one
+//!   channel per peer, deadlines, chunked snapshots).
 //!
 //! ## Still to build (issue "Multi-Raft replication")
-//! - the tonic transport (`strata-proto` wire types; one channel per peer, deadlines,
-//!   chunked snapshots) — another implementation of the same `GroupRouter` as `local`.
 //! - `registry`: a node's groups (create / start / stop / drop), the client API (`propose`,
 //!   `read` with strong / leader / any), membership changes and leader transfer.
 //!

@@ -117,6 +117,14 @@ impl MetaStore for MemStore {
     }
 }
 
+/// How long opening sled waits for a previous handle's lock to be released.
+const SLED_LOCK_WAIT_MS_MAX: u64 = 5_000;
+const SLED_LOCK_RETRY_MS: u64 = 10;
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Rows of the sled store that are not state entities (state keys never start with `_`).
 const SLED_APPLIED_KEY: &[u8] = b"_applied";
 const SLED_FORMAT_KEY: &[u8] = b"_format";
@@ -139,11 +147,23 @@ impl fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the sled database at `path` (a real directory: not the `Fs` seam).
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .cache_capacity(SLED_CACHE_BYTES_MAX)
-            .open()
-            .map_err(|e| Error::io("open sled", path, e.into()))?;
+            .cache_capacity(SLED_CACHE_BYTES_MAX);
+        // sled releases its file lock only when its background threads let go of the database,
+        // a moment after the last handle is dropped: a group stopped and started again (or a
+        // test reopening it) waits for that, boundedly.
+        let mut waited_ms = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if waited_ms < SLED_LOCK_WAIT_MS_MAX && is_lock_error(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(SLED_LOCK_RETRY_MS));
+                    waited_ms += SLED_LOCK_RETRY_MS;
+                }
+                Err(e) => return Err(Error::io("open sled", path, e.into())),
+            }
+        };
         let mut format = Vec::new();
         format.put_u32(SLED_FORMAT);
         // Only a new database lacks the row; an existing one is checked by `load`.

@@ -38,7 +38,9 @@ use strata_shard::{Error, Fs, FsFile};
 use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
 use crate::types::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
+pub mod grpc;
 pub mod local;
+mod wire;
 
 /// A transport as the registry uses it: per group, an openraft network factory whose clients
 /// carry that group's id in every message (N1) and stream [`SnapshotFiles`].

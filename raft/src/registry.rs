@@ -31,6 +31,7 @@
 //!   from it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -238,6 +239,8 @@ pub enum AdminError {
     },
     #[error("group {group}: storage: {reason}")]
     Storage { group: GroupId, reason: String },
+    #[error("node {node}: storage: {reason}")]
+    NodeStorage { node: NodeId, reason: String },
     #[error("group {group} has stopped: {reason}")]
     Stopped { group: GroupId, reason: String },
 }
@@ -280,7 +283,8 @@ fn delete_tree(fs: &dyn Fs, dir: &Path) -> std::io::Result<()> {
 impl<T: Transport> Registry<T> {
     /// Opens the node's WAL and starts every replica found on disk.
     pub async fn open(config: RegistryConfig, transport: T) -> Result<Arc<Self>, AdminError> {
-        let storage = |reason: String| AdminError::Storage { group: 0, reason };
+        let node = config.node;
+        let storage = |reason: String| AdminError::NodeStorage { node, reason };
         let fs = Arc::clone(&config.fs);
         let staging = config.root.join("staging");
         delete_tree(&*fs, &staging).map_err(|e| storage(format!("clear staging: {e}")))?;
@@ -501,7 +505,9 @@ impl<T: Transport> Registry<T> {
                 in_flight: self.config.in_flight_max,
             })?;
         let timeout = self.config.propose_timeout;
-        let written = tokio::time::timeout(timeout, replica.raft.client_write(command))
+        let raft = replica.raft.clone();
+        let write = self.scoped(group, async move { raft.client_write(command).await });
+        let written = tokio::time::timeout(timeout, write)
             .await
             .map_err(|_| ProposeError::Timeout { group, timeout })?;
         match written {
@@ -654,6 +660,15 @@ impl<T: Transport> Registry<T> {
             })
     }
 
+    /// Runs `f` in `group`'s seeded randomness scope (G4): openraft draws from it when a call
+    /// spawns a task or picks a timeout.
+    fn scoped<F>(&self, group: GroupId, f: F) -> BoxFuture<'static, F::Output>
+    where
+        F: Future + Send + 'static,
+    {
+        Runtime::scope(mix(self.config.seed ^ group), f).boxed()
+    }
+
     fn raft_for(&self, group: GroupId) -> HandlerResult<ShardRaft> {
         self.raft(group).ok_or(HandlerError::NoSuchGroup {
             node: self.config.node,
@@ -698,7 +713,9 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move { raft?.vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+        self.scoped(group, async move {
+            raft?.vote(rpc).await.map_err(|e| err(e.to_string()))
+        })
     }
 
     fn pre_vote(
@@ -708,7 +725,9 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move { raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string())) }.boxed()
+        self.scoped(group, async move {
+            raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string()))
+        })
     }
 
     fn transfer_leader(
@@ -718,13 +737,12 @@ impl<T: Transport> RaftHandler for Registry<T> {
     ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
-        async move {
+        self.scoped(group, async move {
             raft?
                 .handle_transfer_leader(rpc)
                 .await
                 .map_err(|e| err(e.to_string()))
-        }
-        .boxed()
+        })
     }
 
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
@@ -747,7 +765,7 @@ impl<T: Transport> RaftHandler for Registry<T> {
         let raft = self.raft_for(group);
         let err = raft_error(self.config.node, group);
         let fs = Arc::clone(&self.config.fs);
-        async move {
+        self.scoped(group, async move {
             let staging = snapshot.snapshot.dir().to_path_buf();
             let installed = match raft {
                 Ok(raft) => raft
@@ -761,7 +779,42 @@ impl<T: Transport> RaftHandler for Registry<T> {
                 return Err(err(format!("delete staging {}: {e}", staging.display())));
             }
             installed
-        }
-        .boxed()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_shard::sim_fs::SimFs;
+
+    #[test]
+    fn heartbeats_of_groups_are_spread_and_stable() {
+        let config = RegistryConfig::new(1, Arc::new(SimFs::new()), "/n");
+        let base = config.raft.heartbeat_ms;
+        let intervals: Vec<u64> = (1..=64)
+            .map(|g| config.openraft_config(g).unwrap().heartbeat_interval)
+            .collect();
+        assert!(
+            intervals
+                .iter()
+                .all(|&i| (base..base + base / 5).contains(&i))
+        );
+        let distinct: BTreeSet<u64> = intervals.iter().copied().collect();
+        assert!(distinct.len() >= 10, "heartbeats in lockstep: {distinct:?}");
+        // The same group gets the same interval every time (replays from a seed).
+        assert_eq!(
+            config.openraft_config(7).unwrap().heartbeat_interval,
+            intervals[6]
+        );
+    }
+
+    #[test]
+    fn a_bad_tuning_is_refused_with_the_group_named() {
+        let mut config = RegistryConfig::new(1, Arc::new(SimFs::new()), "/n");
+        config.raft.election_timeout_min_ms = 500;
+        config.raft.election_timeout_max_ms = 400;
+        let err = config.openraft_config(9).unwrap_err();
+        assert!(matches!(err, AdminError::Invalid { group: 9, .. }), "{err}");
     }
 }

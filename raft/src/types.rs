@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use openraft::rt::deterministic_rng::DeterministicRng;
 use openraft_rt_tokio::TokioRuntime;
@@ -32,13 +33,17 @@ impl fmt::Display for NodeInfo {
     }
 }
 
+/// The samples of one write command: (series, its samples), shared and immutable.
+pub type WriteBatch = Arc<[(SeriesKey, Vec<Sample>)]>;
+
 /// What a shard group's log carries. Every command that changes the engine's state, including
 /// what limits and retention count, goes through the log (S3 of `strata-shard`): time arrives
 /// inside the command, from the proposer's clock, never from the applying replica's.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    /// Samples of several series, applied with first-write-wins dedup.
-    Write(Vec<(SeriesKey, Vec<Sample>)>),
+    /// Samples of several series, applied with first-write-wins dedup. Shared, because
+    /// openraft clones entries (replication, apply) and a batch is large.
+    Write(WriteBatch),
     /// Persist what the head no longer needs in memory (`Engine::seal`).
     Seal,
     /// Drop expired blocks as of `now_ms` (`Engine::apply_retention`).

@@ -288,6 +288,8 @@ pub enum WalError {
     },
     #[error("invalid WAL config: {0}")]
     InvalidConfig(String),
+    #[error("a WAL flush began while another was running (flushes must be serialized)")]
+    FlushInProgress,
 }
 
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
@@ -712,7 +714,7 @@ impl EntryCache {
 }
 
 /// Bytes buffered for one segment, to be written at `base` (the file's length by then).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Chunk {
     segment: u64,
     base: u64,
@@ -727,6 +729,75 @@ enum SegmentEnd {
     TornAt(u64),
     /// The header or the Head record is torn: the segment holds nothing durable (R3).
     TornHead,
+}
+
+/// Records taken out of the WAL by [`Wal::begin_flush`], to be written and synced by
+/// [`FlushJob::run`] without holding the WAL.
+pub struct FlushJob {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    chunks: Vec<Arc<Chunk>>,
+    file: Box<dyn FsFile>,
+    file_segment: u64,
+    /// The seq that is durable once the job succeeds.
+    upto: u64,
+    /// Segments to delete once the job's records are durable (W5).
+    dead: Vec<u64>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    failpoints: Failpoints,
+}
+
+impl FlushJob {
+    /// Writes the records (one fsync per segment touched, normally one; a directory sync if a
+    /// segment file was created), then deletes the dead segments (W2, W5).
+    pub fn run(&mut self) -> Result<()> {
+        for chunk in &self.chunks {
+            let path = segment_path(&self.dir, chunk.segment);
+            let created = chunk.segment != self.file_segment;
+            if created {
+                assert!(
+                    chunk.segment > self.file_segment && chunk.base == 0,
+                    "W7: only a new tail segment is created"
+                );
+                // The previous file was synced in the previous iteration or flush (W2).
+                self.file = self
+                    .fs
+                    .open_append(&path, true)
+                    .map_err(io_err("create", &path))?;
+                self.file_segment = chunk.segment;
+            }
+            fail_point!(self.failpoints, BeforeWrite, "write", &path);
+            self.file
+                .write_all(&chunk.bytes)
+                .map_err(io_err("write", &path))?;
+            fail_point!(self.failpoints, BeforeSegmentSync, "sync", &path);
+            self.file.sync().map_err(io_err("sync", &path))?;
+            fail_point!(self.failpoints, AfterSegmentSync, "sync", &path);
+            if created {
+                fail_point!(self.failpoints, BeforeDirSync, "sync", &self.dir);
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(io_err("sync", &self.dir))?;
+            }
+        }
+        delete_segments(&*self.fs, &self.dir, &self.dead, &self.failpoints)
+    }
+}
+
+/// Deletes segment files `ids` (W5); one that is already gone is fine (a removal that a crash
+/// undid and the replay repeated).
+#[cfg_attr(not(test), allow(unused_variables))]
+fn delete_segments(fs: &dyn Fs, dir: &Path, ids: &[u64], failpoints: &Failpoints) -> Result<()> {
+    for &id in ids {
+        let path = segment_path(dir, id);
+        fail_point!(failpoints, BeforeRemove, "remove", &path);
+        match fs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,11 +816,14 @@ pub struct Wal {
     tail_len: u64,
     /// Length of the tail's header and Head record.
     tail_head_len: u64,
-    /// The open file and the segment it belongs to (`<= tail`).
-    file: Box<dyn FsFile>,
+    /// The open file and the segment it belongs to (`<= tail`); the file is out (`None`) while
+    /// a [`FlushJob`] writes it.
+    file: Option<Box<dyn FsFile>>,
     file_segment: u64,
     /// Buffered bytes in segment order; one chunk per segment.
     pending: Vec<Chunk>,
+    /// Chunks a [`FlushJob`] is writing: still read from here until the job ends (W9).
+    flushing: Vec<Arc<Chunk>>,
     pending_bytes: u64,
     last_seq: u64,
     durable_seq: u64,
@@ -855,16 +929,21 @@ impl Wal {
             tail,
             tail_len: head.len() as u64,
             tail_head_len: head.len() as u64,
-            file,
+            file: Some(file),
             file_segment: tail,
             pending: Vec::new(),
+            flushing: Vec::new(),
             pending_bytes: 0,
             last_seq: 0,
             durable_seq: 0,
             poisoned: None,
             failpoints,
         };
-        wal.remove_dead_segments()?;
+        let dead = wal.dead_segments();
+        delete_segments(&*wal.fs, &wal.dir, &dead, &wal.failpoints)?;
+        for id in dead {
+            wal.index.live.remove(&id);
+        }
         Ok(wal)
     }
 
@@ -989,20 +1068,63 @@ impl Wal {
     /// (normally one), a directory sync if a segment file was created, then deletes the segments
     /// no live entry needs (W5). Returns the new durable seq. Any failure poisons the WAL (W3).
     pub fn flush(&mut self) -> Result<Seq> {
-        self.check_usable()?;
-        if self.pending.is_empty() {
-            return Ok(Seq(self.durable_seq));
+        match self.begin_flush()? {
+            None => Ok(Seq(self.durable_seq)),
+            Some(mut job) => {
+                let result = job.run();
+                self.end_flush(job, result)
+            }
         }
-        let upto = self.last_seq;
-        let result = self.write_pending().and_then(|()| {
-            self.durable_seq = upto;
-            self.remove_dead_segments()
-        });
+    }
+
+    /// Takes what is buffered out of the WAL for [`FlushJob::run`], which writes and syncs it
+    /// without borrowing the WAL: appends (and reads) go on meanwhile, and [`Wal::end_flush`]
+    /// accounts the outcome. `None` when nothing is buffered. One job at a time.
+    pub fn begin_flush(&mut self) -> Result<Option<FlushJob>> {
+        self.check_usable()?;
+        if self.file.is_none() {
+            return Err(WalError::FlushInProgress);
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let file = self.file.take().expect("checked above");
+        let chunks: Vec<Arc<Chunk>> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        self.pending_bytes = 0;
+        self.flushing.clone_from(&chunks);
+        // Nothing is buffered now, so segments that hold no live entry are superseded by
+        // records in this job: they go once it is durable (W5).
+        let dead = self.dead_segments();
+        Ok(Some(FlushJob {
+            fs: Arc::clone(&self.fs),
+            dir: self.dir.clone(),
+            chunks,
+            file,
+            file_segment: self.file_segment,
+            upto: self.last_seq,
+            dead,
+            failpoints: self.failpoints.clone(),
+        }))
+    }
+
+    /// Accounts a finished [`FlushJob`]: on success its records are durable and its dead
+    /// segments gone; a failure poisons the WAL (W3). Returns the new durable seq.
+    pub fn end_flush(&mut self, job: FlushJob, result: Result<()>) -> Result<Seq> {
+        self.file = Some(job.file);
+        self.file_segment = job.file_segment;
+        self.flushing.clear();
         if let Err(e) = result {
             self.poisoned = Some(e.to_string());
             return Err(e);
         }
-        Ok(Seq(upto))
+        self.durable_seq = self.durable_seq.max(job.upto);
+        for id in job.dead {
+            self.index.live.remove(&id);
+        }
+        Ok(Seq(self.durable_seq))
     }
 
     /// Every mutation with a seq up to this one is durable.
@@ -1077,6 +1199,11 @@ impl Wal {
         }
         self.read_run(group, &mut run, &mut out)?;
         Ok(out)
+    }
+
+    /// The first and last live index of `group`, if it has entries.
+    pub fn live_range(&self, group: u64) -> Option<(u64, u64)> {
+        self.index.groups.get(&group).and_then(|st| st.range)
     }
 
     /// The log state of `group` (all `None` for an unknown group).
@@ -1169,72 +1296,28 @@ impl Wal {
     }
 
     /// Writes and syncs the buffered chunks in order (W2).
-    fn write_pending(&mut self) -> Result<()> {
-        let chunks = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        for chunk in chunks {
-            let path = segment_path(&self.dir, chunk.segment);
-            let created = chunk.segment != self.file_segment;
-            if created {
-                assert!(
-                    chunk.segment > self.file_segment && chunk.base == 0,
-                    "W7: only a new tail segment is created"
-                );
-                // The previous file was synced in the previous iteration or flush (W2).
-                self.file = self
-                    .fs
-                    .open_append(&path, true)
-                    .map_err(io_err("create", &path))?;
-                self.file_segment = chunk.segment;
-            }
-            fail_point!(self.failpoints, BeforeWrite, "write", &path);
-            self.file
-                .write_all(&chunk.bytes)
-                .map_err(io_err("write", &path))?;
-            fail_point!(self.failpoints, BeforeSegmentSync, "sync", &path);
-            self.file.sync().map_err(io_err("sync", &path))?;
-            fail_point!(self.failpoints, AfterSegmentSync, "sync", &path);
-            if created {
-                fail_point!(self.failpoints, BeforeDirSync, "sync", &self.dir);
-                self.fs
-                    .sync_dir(&self.dir)
-                    .map_err(io_err("sync", &self.dir))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the segments below the tail that hold no live entry (W5). Called only when
-    /// nothing is buffered, so everything they held is superseded by durable records.
-    fn remove_dead_segments(&mut self) -> Result<()> {
-        debug_assert!(self.pending.is_empty());
-        let dead: Vec<u64> = self
-            .index
+    /// Segments below the tail that hold no live entry (W5).
+    fn dead_segments(&self) -> Vec<u64> {
+        self.index
             .live
             .range(..self.tail)
             .filter(|&(_, &live)| live == 0)
             .map(|(&id, _)| id)
-            .collect();
-        for id in dead {
-            let path = segment_path(&self.dir, id);
-            fail_point!(self.failpoints, BeforeRemove, "remove", &path);
-            match self.fs.remove_file(&path) {
-                // A removal that a crash undid and the replay repeated is fine (W5).
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &path)(e)),
-            }
-            self.index.live.remove(&id);
-        }
-        Ok(())
+            .collect()
     }
 
     /// The payload of a buffered (not yet written) entry (W9).
     fn buffered_payload(&self, loc: &EntryLoc) -> Option<&[u8]> {
+        let holds = |c: &Chunk| {
+            c.segment == loc.segment
+                && loc.offset >= c.base
+                && loc.offset < c.base + c.bytes.len() as u64
+        };
         let chunk = self
             .pending
             .iter()
-            .find(|c| c.segment == loc.segment && loc.offset >= c.base)?;
+            .find(|c| holds(c))
+            .or_else(|| self.flushing.iter().map(|c| &**c).find(|c| holds(c)))?;
         let start = usize::try_from(loc.offset - chunk.base).ok()?;
         chunk.bytes.get(start..start + loc.len as usize)
     }

@@ -34,10 +34,13 @@ fn key(series: u64) -> SeriesKey {
 
 /// One sample of `series` at step `i` (distinct per (series, i)).
 fn write(series: u64, i: u64) -> Command {
-    Command::Write(vec![(
-        key(series),
-        vec![Sample::new(1_000_000 + i as i64 * 1000, i as f64)],
-    )])
+    Command::Write(
+        vec![(
+            key(series),
+            vec![Sample::new(1_000_000 + i as i64 * 1000, i as f64)],
+        )]
+        .into(),
+    )
 }
 
 struct Cluster {
@@ -452,4 +455,74 @@ async fn a_stopped_replica_restarts_from_its_data() {
         c.node(follower).create_group(2, None).await,
         Err(AdminError::Exists { .. })
     ));
+}
+
+/// Rewrites file `path` of `fs` with `edit` applied to its bytes, durably.
+fn rewrite(fs: &SimFs, path: &std::path::Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    use strata_shard::Fs;
+    let mut bytes = fs.read(path).unwrap();
+    edit(&mut bytes);
+    let mut f = fs.open_append(path, true).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.sync().unwrap();
+}
+
+/// The WAL segment files of a node, oldest first.
+fn segments(fs: &SimFs) -> Vec<std::path::PathBuf> {
+    use strata_shard::Fs;
+    let dir = std::path::Path::new("/node/wal");
+    let mut names = fs.list(dir).unwrap();
+    names.retain(|n| n.ends_with(".wal"));
+    names.sort();
+    names.into_iter().map(|n| dir.join(n)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_torn_wal_tail_is_cut_and_caught_up_but_a_corrupt_middle_record_stops_the_node() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {}).await;
+    c.create_group(1, &[1, 2, 3]).await;
+    for i in 0..30 {
+        c.propose(1, write(9, i)).await;
+    }
+    c.converge(1).await;
+    let leader = c.leader(1).await;
+    let [a, b] = <[NodeId; 2]>::try_from(
+        [1, 2, 3]
+            .into_iter()
+            .filter(|&n| n != leader)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+
+    // Node a: its last record torn (a write cut short by power loss).
+    c.crash(a).await;
+    let fs = Arc::clone(&c.disks[&a]);
+    let last = segments(&fs).pop().unwrap();
+    rewrite(&fs, &last, |bytes| bytes.truncate(bytes.len() - 7));
+    c.start(a).await;
+    for i in 30..40 {
+        c.propose(1, write(9, i)).await;
+    }
+    c.converge(1).await;
+    assert_eq!(c.steps(a, 1, 9).await, (0..40).collect());
+
+    // Node b: a damaged record with valid records after it: the node refuses to start rather
+    // than silently drop committed entries.
+    c.crash(b).await;
+    let fs = Arc::clone(&c.disks[&b]);
+    let first = segments(&fs).remove(0);
+    rewrite(&fs, &first, |bytes| {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+    });
+    let mut config = RegistryConfig::new(b, fs, "/node");
+    config.propose_timeout = Duration::from_secs(5);
+    let refused = Registry::open(config, c.net.router(b)).await.err();
+    let message = refused.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("corrupt") && message.contains(".wal"),
+        "a corrupt WAL record did not stop the node: {message:?}"
+    );
+    // The group goes on with the two healthy replicas.
+    c.propose(1, write(9, 40)).await;
 }

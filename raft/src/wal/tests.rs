@@ -388,3 +388,65 @@ proptest! {
         prop_assert_eq!(h.recovered(&read_wal(&wal)), 0);
     }
 }
+
+#[test]
+fn appends_during_a_flush_job_stay_readable_and_become_durable_only_with_the_next_flush() {
+    let sim = SimFs::new();
+    let mut wal = open(&sim, &[]).unwrap();
+    // Entries big enough that the 200-byte cache holds two: the rest is read from the buffers.
+    let big = |tag| payload(tag, 90);
+    wal.append(1, 1, &[big(1), big(2)]).unwrap();
+    let mut job = wal.begin_flush().unwrap().expect("something is buffered");
+    assert!(
+        wal.begin_flush().is_err(),
+        "a second flush began while one was out"
+    );
+    // While the job is out: appends (also rolling segments) and reads go on.
+    let later = wal.append(1, 3, &[big(3), big(4), big(5)]).unwrap();
+    let read: Vec<Vec<u8>> = wal
+        .entries(1, 1..=5)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(read, (1..=5).map(big).collect::<Vec<_>>());
+    job.run().unwrap();
+    let durable = wal.end_flush(job, Ok(())).unwrap();
+    assert!(durable < later, "the job made later appends durable");
+    assert_eq!(wal.durable_seq(), durable);
+    // A crash now keeps what the job wrote and loses what came after it.
+    sim.crash();
+    let wal2 = open(&sim, &[]).unwrap();
+    assert_eq!(wal2.entries(1, ..).unwrap().len(), 2);
+    drop(wal2);
+    // Flushing the rest makes everything durable.
+    let mut wal = {
+        let sim = SimFs::new();
+        let mut wal = open(&sim, &[]).unwrap();
+        wal.append(1, 1, &[big(1), big(2)]).unwrap();
+        let mut job = wal.begin_flush().unwrap().unwrap();
+        wal.append(1, 3, &[big(3)]).unwrap();
+        job.run().unwrap();
+        wal.end_flush(job, Ok(())).unwrap();
+        assert_eq!(wal.flush().unwrap(), wal.pending_seq());
+        sim.crash();
+        open(&sim, &[]).unwrap()
+    };
+    assert_eq!(wal.entries(1, ..).unwrap().len(), 3);
+    assert!(wal.flush().is_ok());
+}
+
+#[test]
+fn a_failed_flush_job_poisons_the_wal() {
+    let sim = SimFs::new();
+    let mut wal = open(&sim, &[]).unwrap();
+    wal.append(1, 1, &[payload(1, 20)]).unwrap();
+    let mut job = wal.begin_flush().unwrap().unwrap();
+    job.failpoints = Failpoints {
+        armed: [Failpoint::BeforeSegmentSync].into_iter().collect(),
+    };
+    let outcome = job.run();
+    assert!(outcome.is_err());
+    assert!(wal.end_flush(job, outcome).is_err());
+    assert!(is_poisoned(wal.append(1, 2, &[payload(2, 20)])));
+}

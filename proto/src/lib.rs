@@ -1,0 +1,13 @@
+//! # strata-proto: the gRPC wire of Strata
+//!
+//! Types and service stubs generated from `proto/*.proto` by `build.rs` (protox + tonic, no
+//! system `protoc`). This crate holds no logic: encoding of openraft values lives in
+//! `strata-raft` (`network/wire.rs`), the server and client in `strata-raft::network::grpc`.
+//!
+//! Must not depend on: any other Strata crate (the schema is the boundary, not a Rust type).
+
+/// Raft traffic between nodes: package `strata.raft.v1`.
+pub mod raft {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strata.raft.v1");
+}
