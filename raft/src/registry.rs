@@ -53,13 +53,29 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::log_store::SharedWal;
+use crate::meta::MetaState;
+use crate::meta_sm::MetaStateMachine;
 use crate::network::{HandlerError, HandlerResult, RaftHandler, Snapshot, Transport};
 use crate::shard_sm::ShardStateMachine;
-use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, Runtime, TypeConfig, Vote};
+use crate::types::{
+    Command, GroupId, META_GROUP, NodeId, NodeInfo, Response, Runtime, TypeConfig, Vote,
+};
 use crate::wal::WalConfig;
 
 /// The Raft handle of a shard replica.
 pub type ShardRaft = Raft<TypeConfig, ShardStateMachine>;
+/// The Raft handle of the meta group's replica.
+pub type MetaRaft = Raft<TypeConfig, MetaStateMachine>;
+
+/// Where the meta group keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaStoreKind {
+    /// In memory, rebuilt from the latest snapshot + the log on start: the simulator's choice
+    /// (sled does real file IO outside the `Fs` seam).
+    Memory,
+    /// In sled at this real directory (production).
+    Sled(PathBuf),
+}
 
 /// Raft timing shared by every group of a node (milliseconds).
 #[derive(Clone, Debug)]
@@ -106,6 +122,8 @@ pub struct RegistryConfig {
     pub propose_timeout: Duration,
     /// Seed of every group's randomness (G4).
     pub seed: u64,
+    /// The meta group's store.
+    pub meta_store: MetaStoreKind,
 }
 
 impl RegistryConfig {
@@ -120,6 +138,7 @@ impl RegistryConfig {
             in_flight_max: 256,
             propose_timeout: Duration::from_secs(10),
             seed: node,
+            meta_store: MetaStoreKind::Memory,
         }
     }
 
@@ -212,6 +231,8 @@ pub enum ReadError {
     },
     #[error("group {group}: no quorum to confirm leadership: {reason}")]
     NoQuorum { group: GroupId, reason: String },
+    #[error("group {group}: {reason}")]
+    WrongKind { group: GroupId, reason: String },
     #[error("group {group}: read not ready within {timeout:?}")]
     Timeout { group: GroupId, timeout: Duration },
     #[error("group {group} on node {node} has stopped: {reason}")]
@@ -245,9 +266,25 @@ pub enum AdminError {
     Stopped { group: GroupId, reason: String },
 }
 
+/// A replica's Raft and state machine: a shard, or the meta group (group 0).
+enum GroupRaft {
+    Shard(ShardRaft, ShardStateMachine),
+    Meta(MetaRaft, MetaStateMachine),
+}
+
+/// Runs the same expression on either kind of Raft handle (their types differ only in the
+/// state machine).
+macro_rules! on_raft {
+    ($group:expr, $raft:ident => $body:expr) => {
+        match $group {
+            GroupRaft::Shard($raft, _) => $body,
+            GroupRaft::Meta($raft, _) => $body,
+        }
+    };
+}
+
 struct Replica {
-    raft: ShardRaft,
-    sm: ShardStateMachine,
+    raft: GroupRaft,
     in_flight: Arc<Semaphore>,
 }
 
@@ -349,10 +386,11 @@ impl<T: Transport> Registry<T> {
         let Some(members) = members else {
             return Ok(());
         };
-        let raft = self
-            .raft(group)
+        let replica = self
+            .replica(group)
             .ok_or(AdminError::NoSuchGroup { node, group })?;
-        Runtime::scope(mix(self.config.seed ^ group), raft.initialize(members))
+        let init = async move { on_raft!(&replica.raft, raft => raft.initialize(members).await) };
+        self.scoped(group, init)
             .await
             .map_err(|e| AdminError::Invalid {
                 group,
@@ -368,28 +406,31 @@ impl<T: Transport> Registry<T> {
         }
         let storage = |reason: String| AdminError::Storage { group, reason };
         let dir = group_dir(&self.config.root, group);
-        let sm = ShardStateMachine::open(
-            Arc::clone(&self.config.fs),
-            &dir,
-            self.config.engine.clone(),
-        )
-        .map_err(|e| storage(format!("open state machine: {e}")))?;
+        let fs = Arc::clone(&self.config.fs);
         let raft_config = self.config.openraft_config(group)?;
-        let raft = Runtime::scope(
-            mix(self.config.seed ^ group),
-            Raft::new(
-                node,
-                raft_config,
-                self.transport.group_factory(group),
-                self.wal.group(group),
-                sm.clone(),
-            ),
-        )
-        .await
-        .map_err(|e| storage(format!("start raft: {e}")))?;
+        let seed = mix(self.config.seed ^ group);
+        let factory = self.transport.group_factory(group);
+        let log = self.wal.group(group);
+        let raft = if group == META_GROUP {
+            let sm = match &self.config.meta_store {
+                MetaStoreKind::Memory => MetaStateMachine::open_in_memory(fs, &dir),
+                MetaStoreKind::Sled(path) => MetaStateMachine::open_sled(fs, &dir, path),
+            }
+            .map_err(|e| storage(format!("open meta state machine: {e}")))?;
+            let raft = Runtime::scope(seed, Raft::new(node, raft_config, factory, log, sm.clone()))
+                .await
+                .map_err(|e| storage(format!("start raft: {e}")))?;
+            GroupRaft::Meta(raft, sm)
+        } else {
+            let sm = ShardStateMachine::open(fs, &dir, self.config.engine.clone())
+                .map_err(|e| storage(format!("open state machine: {e}")))?;
+            let raft = Runtime::scope(seed, Raft::new(node, raft_config, factory, log, sm.clone()))
+                .await
+                .map_err(|e| storage(format!("start raft: {e}")))?;
+            GroupRaft::Shard(raft, sm)
+        };
         let replica = Arc::new(Replica {
             raft,
-            sm,
             in_flight: Arc::new(Semaphore::new(self.config.in_flight_max)),
         });
         let mut groups = self.lock();
@@ -407,14 +448,10 @@ impl<T: Transport> Registry<T> {
             .lock()
             .remove(&group)
             .ok_or(AdminError::NoSuchGroup { node, group })?;
-        replica
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| AdminError::Stopped {
-                group,
-                reason: format!("shutdown: {e}"),
-            })
+        on_raft!(&replica.raft, raft => raft.shutdown().await).map_err(|e| AdminError::Stopped {
+            group,
+            reason: format!("shutdown: {e}"),
+        })
     }
 
     /// Stops the replica of `group` and deletes its data (G5). Remove it from the group's
@@ -443,7 +480,7 @@ impl<T: Transport> Registry<T> {
     pub async fn shutdown(&self) {
         let replicas: Vec<Arc<Replica>> = std::mem::take(&mut *self.lock()).into_values().collect();
         for r in replicas {
-            let _ = r.raft.shutdown().await;
+            let _ = on_raft!(&r.raft, raft => raft.shutdown().await);
         }
         if let Some(flusher) = self
             .flusher
@@ -455,15 +492,10 @@ impl<T: Transport> Registry<T> {
         }
     }
 
-    /// The Raft handle of `group` (metrics, triggers), if hosted.
-    pub fn raft(&self, group: GroupId) -> Option<ShardRaft> {
-        self.replica(group).map(|r| r.raft.clone())
-    }
-
     /// The latest metrics of this replica of `group`.
     pub fn metrics(&self, group: GroupId) -> Option<RaftMetrics<TypeConfig>> {
         self.replica(group)
-            .map(|r| r.raft.metrics().borrow_watched().clone())
+            .map(|r| on_raft!(&r.raft, raft => raft.metrics().borrow_watched().clone()))
     }
 
     /// The leader of `group` as this replica knows it.
@@ -505,8 +537,9 @@ impl<T: Transport> Registry<T> {
                 in_flight: self.config.in_flight_max,
             })?;
         let timeout = self.config.propose_timeout;
-        let raft = replica.raft.clone();
-        let write = self.scoped(group, async move { raft.client_write(command).await });
+        let write = self.scoped(group, async move {
+            on_raft!(&replica.raft, raft => raft.client_write(command).await)
+        });
         let written = tokio::time::timeout(timeout, write)
             .await
             .map_err(|_| ProposeError::Timeout { group, timeout })?;
@@ -540,21 +573,58 @@ impl<T: Transport> Registry<T> {
         consistency: Consistency,
         read: impl FnOnce(&Engine) -> R,
     ) -> Result<R, ReadError> {
+        let replica = self.fresh_replica(group, consistency).await?;
+        match &replica.raft {
+            GroupRaft::Shard(_, sm) => Ok(sm.with_engine(read)),
+            GroupRaft::Meta(..) => Err(ReadError::WrongKind {
+                group,
+                reason: "the meta group has no engine; use read_meta".into(),
+            }),
+        }
+    }
+
+    /// Runs `read` on this node's copy of the meta state once it is as fresh as `consistency`
+    /// asks.
+    pub async fn read_meta<R>(
+        &self,
+        consistency: Consistency,
+        read: impl FnOnce(&MetaState) -> R,
+    ) -> Result<R, ReadError> {
+        let replica = self.fresh_replica(META_GROUP, consistency).await?;
+        match &replica.raft {
+            GroupRaft::Meta(_, sm) => Ok(sm.read(read)),
+            GroupRaft::Shard(..) => Err(ReadError::WrongKind {
+                group: META_GROUP,
+                reason: "group 0 is not the meta group on this node".into(),
+            }),
+        }
+    }
+
+    /// This node's replica of `group`, once it has applied as far as `consistency` asks.
+    async fn fresh_replica(
+        &self,
+        group: GroupId,
+        consistency: Consistency,
+    ) -> Result<Arc<Replica>, ReadError> {
         let node = self.config.node;
         let replica = self
             .replica(group)
             .ok_or(ReadError::NoSuchGroup { node, group })?;
         let policy = match consistency {
-            Consistency::Any => return Ok(replica.sm.with_engine(read)),
+            Consistency::Any => return Ok(replica),
             Consistency::Strong => ReadPolicy::ReadIndex,
             Consistency::Leader => ReadPolicy::LeaseRead,
         };
         let timeout = self.config.propose_timeout;
-        let ready = tokio::time::timeout(timeout, replica.raft.ensure_linearizable(policy))
+        let waiting = Arc::clone(&replica);
+        let ready = self.scoped(group, async move {
+            on_raft!(&waiting.raft, raft => raft.ensure_linearizable(policy).await)
+        });
+        let ready = tokio::time::timeout(timeout, ready)
             .await
             .map_err(|_| ReadError::Timeout { group, timeout })?;
         match ready {
-            Ok(_) => Ok(replica.sm.with_engine(read)),
+            Ok(_) => Ok(replica),
             Err(RaftError::APIError(e)) => match e {
                 openraft::error::LinearizableReadError::ForwardToLeader(f) => {
                     Err(ReadError::NotLeader {
@@ -583,7 +653,7 @@ impl<T: Transport> Registry<T> {
         let replica = self
             .replica(group)
             .ok_or(AdminError::NoSuchGroup { node, group })?;
-        let metrics = replica.raft.metrics().borrow_watched().clone();
+        let metrics = on_raft!(&replica.raft, raft => raft.metrics().borrow_watched().clone());
         if metrics.state != ServerState::Leader {
             return Err(AdminError::NotLeader {
                 node,
@@ -621,15 +691,10 @@ impl<T: Transport> Registry<T> {
         info: NodeInfo,
     ) -> Result<(), AdminError> {
         let replica = self.leader_replica(group)?;
-        replica
-            .raft
-            .add_learner(node, info, true)
-            .await
+        on_raft!(&replica.raft, raft => raft.add_learner(node, info, true).await)
             .map_err(self.membership_error(group, "add learner"))?;
-        replica
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
-            .await
+        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
+        on_raft!(&replica.raft, raft => raft.change_membership(voters, false).await)
             .map_err(self.membership_error(group, "promote learner"))?;
         Ok(())
     }
@@ -637,10 +702,8 @@ impl<T: Transport> Registry<T> {
     /// Removes `node` from `group`'s voters and learners (run on the leader).
     pub async fn remove_replica(&self, group: GroupId, node: NodeId) -> Result<(), AdminError> {
         let replica = self.leader_replica(group)?;
-        replica
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
-            .await
+        let voters = ChangeMembers::RemoveVoters(BTreeSet::from([node]));
+        on_raft!(&replica.raft, raft => raft.change_membership(voters, false).await)
             .map_err(self.membership_error(group, "remove voter"))?;
         Ok(())
     }
@@ -649,15 +712,12 @@ impl<T: Transport> Registry<T> {
     /// not once `to` leads (watch [`Registry::leader`]).
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
         let replica = self.leader_replica(group)?;
-        replica
-            .raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| AdminError::Stopped {
+        on_raft!(&replica.raft, raft => raft.trigger().transfer_leader(to).await).map_err(|e| {
+            AdminError::Stopped {
                 group,
                 reason: e.to_string(),
-            })
+            }
+        })
     }
 
     /// Runs `f` in `group`'s seeded randomness scope (G4): openraft draws from it when a call
@@ -669,8 +729,8 @@ impl<T: Transport> Registry<T> {
         Runtime::scope(mix(self.config.seed ^ group), f).boxed()
     }
 
-    fn raft_for(&self, group: GroupId) -> HandlerResult<ShardRaft> {
-        self.raft(group).ok_or(HandlerError::NoSuchGroup {
+    fn replica_for(&self, group: GroupId) -> HandlerResult<Arc<Replica>> {
+        self.replica(group).ok_or(HandlerError::NoSuchGroup {
             node: self.config.node,
             group,
         })
@@ -695,12 +755,10 @@ impl<T: Transport> RaftHandler for Registry<T> {
         group: GroupId,
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> BoxFuture<'static, HandlerResult<AppendEntriesResponse<TypeConfig>>> {
-        let raft = self.raft_for(group);
+        let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         async move {
-            raft?
-                .append_entries(rpc)
-                .await
+            on_raft!(&replica?.raft, raft => raft.append_entries(rpc).await)
                 .map_err(|e| err(e.to_string()))
         }
         .boxed()
@@ -711,10 +769,10 @@ impl<T: Transport> RaftHandler for Registry<T> {
         group: GroupId,
         rpc: VoteRequest<TypeConfig>,
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
-        let raft = self.raft_for(group);
+        let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         self.scoped(group, async move {
-            raft?.vote(rpc).await.map_err(|e| err(e.to_string()))
+            on_raft!(&replica?.raft, raft => raft.vote(rpc).await).map_err(|e| err(e.to_string()))
         })
     }
 
@@ -723,10 +781,11 @@ impl<T: Transport> RaftHandler for Registry<T> {
         group: GroupId,
         rpc: VoteRequest<TypeConfig>,
     ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
-        let raft = self.raft_for(group);
+        let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         self.scoped(group, async move {
-            raft?.pre_vote(rpc).await.map_err(|e| err(e.to_string()))
+            on_raft!(&replica?.raft, raft => raft.pre_vote(rpc).await)
+                .map_err(|e| err(e.to_string()))
         })
     }
 
@@ -735,18 +794,16 @@ impl<T: Transport> RaftHandler for Registry<T> {
         group: GroupId,
         rpc: TransferLeaderRequest<TypeConfig>,
     ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
-        let raft = self.raft_for(group);
+        let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         self.scoped(group, async move {
-            raft?
-                .handle_transfer_leader(rpc)
-                .await
+            on_raft!(&replica?.raft, raft => raft.handle_transfer_leader(rpc).await)
                 .map_err(|e| err(e.to_string()))
         })
     }
 
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
-        self.raft_for(group)?;
+        self.replica_for(group)?;
         let seq = self.staging_seq.fetch_add(1, Ordering::Relaxed);
         let dir = self
             .config
@@ -762,16 +819,16 @@ impl<T: Transport> RaftHandler for Registry<T> {
         vote: Vote,
         snapshot: Snapshot,
     ) -> BoxFuture<'static, HandlerResult<SnapshotResponse<TypeConfig>>> {
-        let raft = self.raft_for(group);
+        let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         let fs = Arc::clone(&self.config.fs);
         self.scoped(group, async move {
             let staging = snapshot.snapshot.dir().to_path_buf();
-            let installed = match raft {
-                Ok(raft) => raft
-                    .install_full_snapshot(vote, snapshot)
-                    .await
-                    .map_err(|e| err(e.to_string())),
+                        let installed = match replica {
+                Ok(replica) => {
+                    on_raft!(&replica.raft, raft => raft.install_full_snapshot(vote, snapshot).await)
+                        .map_err(|e| err(e.to_string()))
+                }
                 Err(e) => Err(e),
             };
             // The state machine copied what it needed; the staging copy goes either way.

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_raft::meta::{MetaCommand, MetaResponse};
 use strata_raft::network::RaftHandler;
 use strata_raft::network::local::{LocalNetwork, LocalRouter};
 use strata_raft::registry::{
     AdminError, Consistency, ProposeError, ReadError, Registry, RegistryConfig,
 };
-use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, Response};
+use strata_raft::types::{Command, GroupId, META_GROUP, NodeId, NodeInfo, Response};
 use strata_shard::sim_fs::SimFs;
 use strata_shard::{Labels, Sample, SeriesKey, Tenant};
 
@@ -525,4 +526,108 @@ async fn a_torn_wal_tail_is_cut_and_caught_up_but_a_corrupt_middle_record_stops_
     );
     // The group goes on with the two healthy replicas.
     c.propose(1, write(9, 40)).await;
+}
+
+fn meta(command: MetaCommand) -> Command {
+    Command::Meta(command)
+}
+
+fn lease(r: &Response) -> MetaResponse {
+    match r {
+        Response::Meta(m) => m.clone(),
+        other => panic!("not a meta response: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_meta_group_keeps_placement_and_leases_across_a_leader_crash() {
+    let mut c = Cluster::new(&[1, 2, 3], snapshot_often).await;
+    c.create_group(META_GROUP, &[1, 2, 3]).await;
+    for n in 1..=3 {
+        let r = c
+            .propose(
+                META_GROUP,
+                meta(MetaCommand::SetNode {
+                    id: n,
+                    info: info(n),
+                }),
+            )
+            .await;
+        assert_eq!(lease(&r), MetaResponse::Done);
+    }
+    let placed = c
+        .propose(
+            META_GROUP,
+            meta(MetaCommand::SetPlacement {
+                group: 7,
+                replicas: vec![1, 2, 3],
+            }),
+        )
+        .await;
+    assert_eq!(lease(&placed), MetaResponse::Done);
+    // Node 2 takes the rule slot; node 3 is refused while the lease lives.
+    let acquire = |holder, now_ms| {
+        meta(MetaCommand::AcquireLease {
+            slot: "rules-0".into(),
+            holder,
+            now_ms,
+            ttl_ms: 10_000,
+        })
+    };
+    let granted = match lease(&c.propose(META_GROUP, acquire(2, 1_000)).await) {
+        MetaResponse::Lease(l) => l,
+        other => panic!("node 2 was not granted the lease: {other:?}"),
+    };
+    assert!(matches!(
+        lease(&c.propose(META_GROUP, acquire(3, 2_000)).await),
+        MetaResponse::Held(l) if l.holder == 2
+    ));
+    // Enough entries for snapshots; then the leader crashes and comes back (its in-memory
+    // meta state is rebuilt from its snapshot + log).
+    for i in 0..40 {
+        c.propose(META_GROUP, acquire(2, 1_000 + i)).await;
+    }
+    let leader = c.leader(META_GROUP).await;
+    c.crash(leader).await;
+    c.start(leader).await;
+    c.converge(META_GROUP).await;
+    for n in 1..=3u64 {
+        let (placement, held) = c
+            .node(n)
+            .read_meta(Consistency::Any, |m| {
+                (
+                    m.placement(7).map(<[NodeId]>::to_vec),
+                    m.lease("rules-0").cloned(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(placement, Some(vec![1, 2, 3]), "node {n}");
+        assert_eq!(
+            held.map(|l| (l.holder, l.epoch)),
+            Some((2, granted.epoch)),
+            "node {n}"
+        );
+    }
+    // After expiry (time from the proposer), node 3 takes over with a new fencing epoch.
+    match lease(&c.propose(META_GROUP, acquire(3, 60_000)).await) {
+        MetaResponse::Lease(l) => assert!(l.holder == 3 && l.epoch > granted.epoch, "{l:?}"),
+        other => panic!("node 3 did not take over: {other:?}"),
+    }
+    // Strong reads of the meta state go through the leader.
+    let leader = c.leader(META_GROUP).await;
+    let holder = c
+        .node(leader)
+        .read_meta(Consistency::Strong, |m| {
+            m.lease("rules-0").map(|l| l.holder)
+        })
+        .await
+        .unwrap();
+    assert_eq!(holder, Some(3));
+    assert!(matches!(
+        c.node(leader)
+            .read(META_GROUP, Consistency::Any, |_| ())
+            .await,
+        Err(ReadError::WrongKind { .. })
+    ));
 }
