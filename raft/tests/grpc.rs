@@ -1,8 +1,10 @@
-//! The gRPC transport (`strata_raft::network::grpc`): real Raft groups replicating over
-//! loopback TCP and over a turmoil-simulated network; snapshot streams (multi-piece, refused
-//! when malformed); sends to self and to a dead peer fail within the deadline.
+//! The gRPC transport (`strata_raft::network::grpc`) under the group registry: registries
+//! replicating over loopback TCP (2 and 16 groups on 3 nodes, a learner caught up by a shard
+//! snapshot) and over a turmoil-simulated network; and the transport alone: snapshot streams
+//! (multi-piece, refused when malformed), sends to self and to dead or silent peers failing
+//! within the deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,412 +20,329 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::vote::RaftLeaderId;
-use openraft::{Config, Raft};
-use openraft_multi::{GroupNetworkFactory, GroupRouter};
+use openraft_multi::GroupRouter;
 use strata_proto::raft as pb;
 use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use strata_raft::codec;
-use strata_raft::log_store::SharedWal;
-use strata_raft::network::grpc::{self, Dialer, GrpcConfig, GrpcNetwork, Io};
+use strata_raft::network::grpc::{self, Dialer, GrpcConfig, GrpcNetwork, GrpcRouter, Io};
 use strata_raft::network::{HandlerError, HandlerResult, RaftHandler, Snapshot};
-use strata_raft::shard_sm::ShardStateMachine;
+use strata_raft::registry::{Consistency, ProposeError, ReadError, Registry, RegistryConfig};
 use strata_raft::snapshot::SnapshotFiles;
-use strata_raft::types::{
-    Command, GroupId, NodeId, NodeInfo, Runtime, SnapshotMeta, TypeConfig, Vote,
-};
-use strata_raft::wal::WalConfig;
-use strata_shard::engine::EngineConfig;
+use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote};
 use strata_shard::sim_fs::SimFs;
 use strata_shard::{Fs, Labels, Sample, SeriesKey, Tenant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-type ShardRaft = Raft<TypeConfig, ShardStateMachine>;
 type LeaderId = openraft::type_config::alias::LeaderIdOf<TypeConfig>;
+type Node = Arc<Registry<GrpcRouter>>;
+type Server = JoinHandle<Result<(), tonic::transport::Error>>;
 
-const GROUPS: [GroupId; 2] = [1, 2];
+// ---------------------------------------------------------------------------------------------
+// Registries replicating over gRPC.
 
-fn raft_config() -> Arc<Config> {
-    Arc::new(
-        Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 200,
-            election_timeout_max: 400,
-            ..Default::default()
-        }
-        .validate()
-        .expect("valid config"),
-    )
+/// A node's registry settings: a fresh simulated disk, and heartbeats rarer than the default:
+/// in a debug build a heartbeat over gRPC costs a millisecond or two of CPU, and 48 replicas
+/// beating every 100 ms keep half a core busy; on a loaded machine leader leases then lapse
+/// and groups stop taking writes. (Writes replicate at once, not on the next heartbeat.)
+fn config(id: NodeId, tune: fn(&mut RegistryConfig)) -> RegistryConfig {
+    let mut config = RegistryConfig::new(id, Arc::new(SimFs::new()), "/node");
+    config.raft.heartbeat_ms = 250;
+    config.raft.election_timeout_min_ms = 1500;
+    config.raft.election_timeout_max_ms = 3000;
+    config.propose_timeout = Duration::from_secs(5);
+    tune(&mut config);
+    config
 }
 
-fn raft_error(node: NodeId, group: GroupId, e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Raft {
-        node,
-        group,
-        message: e.to_string(),
-    }
-}
-
-/// A node of the test: a few shard groups on one simulated disk and one shared WAL.
-struct TestNode {
-    id: NodeId,
-    seed: u64,
-    fs: Arc<SimFs>,
-    wal: Arc<SharedWal>,
-    groups: Mutex<BTreeMap<GroupId, (ShardRaft, ShardStateMachine)>>,
-    staging: AtomicU64,
-}
-
-impl TestNode {
-    /// Opens the node's WAL and starts its group-commit task; groups are added by `add_group`.
-    fn new(id: NodeId, seed: u64) -> Arc<Self> {
-        let fs = Arc::new(SimFs::new());
-        let wal = SharedWal::open(
-            Arc::clone(&fs) as Arc<dyn Fs>,
-            "/node/wal",
-            WalConfig::default(),
-        )
-        .expect("open WAL");
-        tokio::spawn(Arc::clone(&wal).run_flusher());
-        Arc::new(TestNode {
-            id,
-            seed,
-            fs,
-            wal,
-            groups: Mutex::new(BTreeMap::new()),
-            staging: AtomicU64::new(0),
-        })
-    }
-
-    async fn add_group(&self, group: GroupId, net: &GrpcNetwork) {
-        let sm = ShardStateMachine::open(
-            Arc::clone(&self.fs) as Arc<dyn Fs>,
-            &PathBuf::from(format!("/node/group-{group}")),
-            EngineConfig::new("unused"),
-        )
-        .expect("open state machine");
-        let factory = GroupNetworkFactory::new(net.router(self.id), group);
-        let raft = Raft::new(
-            self.id,
-            raft_config(),
-            factory,
-            self.wal.group(group),
-            sm.clone(),
-        )
-        .await
-        .expect("start raft");
-        self.groups.lock().unwrap().insert(group, (raft, sm));
-    }
-
-    fn raft(&self, group: GroupId) -> HandlerResult<ShardRaft> {
-        self.groups
-            .lock()
-            .unwrap()
-            .get(&group)
-            .map(|(raft, _)| raft.clone())
-            .ok_or(HandlerError::NoSuchGroup {
-                node: self.id,
-                group,
-            })
-    }
-
-    fn sm(&self, group: GroupId) -> ShardStateMachine {
-        self.groups.lock().unwrap()[&group].1.clone()
-    }
-
-    async fn shutdown(&self) {
-        let rafts: Vec<ShardRaft> = self
-            .groups
-            .lock()
-            .unwrap()
-            .values()
-            .map(|(r, _)| r.clone())
-            .collect();
-        for raft in rafts {
-            raft.shutdown().await.expect("shutdown");
-        }
+fn info(id: NodeId, addr: String) -> NodeInfo {
+    NodeInfo {
+        addr,
+        zone: format!("z{id}"),
     }
 }
 
-impl RaftHandler for TestNode {
-    fn node_id(&self) -> NodeId {
-        self.id
-    }
-
-    fn append_entries(
-        &self,
-        group: GroupId,
-        rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> BoxFuture<'static, HandlerResult<AppendEntriesResponse<TypeConfig>>> {
-        let (raft, node) = (self.raft(group), self.id);
-        Box::pin(Runtime::scope(self.seed, async move {
-            let r = raft?.append_entries(rpc).await;
-            r.map_err(|e| raft_error(node, group, e))
-        }))
-    }
-
-    fn vote(
-        &self,
-        group: GroupId,
-        rpc: VoteRequest<TypeConfig>,
-    ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
-        let (raft, node) = (self.raft(group), self.id);
-        Box::pin(Runtime::scope(self.seed, async move {
-            let r = raft?.vote(rpc).await;
-            r.map_err(|e| raft_error(node, group, e))
-        }))
-    }
-
-    fn pre_vote(
-        &self,
-        group: GroupId,
-        rpc: VoteRequest<TypeConfig>,
-    ) -> BoxFuture<'static, HandlerResult<VoteResponse<TypeConfig>>> {
-        let (raft, node) = (self.raft(group), self.id);
-        Box::pin(Runtime::scope(self.seed, async move {
-            let r = raft?.pre_vote(rpc).await;
-            r.map_err(|e| raft_error(node, group, e))
-        }))
-    }
-
-    fn transfer_leader(
-        &self,
-        group: GroupId,
-        rpc: TransferLeaderRequest<TypeConfig>,
-    ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
-        let (raft, node) = (self.raft(group), self.id);
-        Box::pin(Runtime::scope(self.seed, async move {
-            let r = raft?.handle_transfer_leader(rpc).await;
-            r.map_err(|e| raft_error(node, group, e))
-        }))
-    }
-
-    fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
-        let n = self.staging.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!("/node/staging/{group}-{n}"));
-        Ok((Arc::clone(&self.fs) as Arc<dyn Fs>, dir))
-    }
-
-    fn install_snapshot(
-        &self,
-        group: GroupId,
-        vote: Vote,
-        snapshot: Snapshot,
-    ) -> BoxFuture<'static, HandlerResult<SnapshotResponse<TypeConfig>>> {
-        let (raft, node) = (self.raft(group), self.id);
-        Box::pin(Runtime::scope(self.seed, async move {
-            let r = raft?.install_full_snapshot(vote, snapshot).await;
-            r.map_err(|e| raft_error(node, group, e))
-        }))
-    }
-}
-
-fn key(i: usize) -> SeriesKey {
+fn key(series: u64) -> SeriesKey {
+    let name = format!("s{series}");
     SeriesKey::new(
         Tenant::new("t").unwrap(),
-        Labels::from_pairs(&[("__name__", "up"), ("instance", &format!("i{i}"))]).unwrap(),
+        Labels::from_pairs(&[("__name__", "m"), ("series", name.as_str())]).unwrap(),
     )
 }
 
-fn batch(round: i64) -> Command {
-    Command::Write(
-        (0..4)
-            .map(|i| (key(i), vec![Sample::new(1_000 * round, round as f64)]))
-            .collect(),
-    )
+/// One sample of `series` at step `i`.
+fn write(series: u64, i: u64) -> Command {
+    Command::Write(vec![(key(series), vec![Sample::new(1_000 * i as i64, i as f64)])].into())
 }
 
-fn membership(addrs: &[(NodeId, String)]) -> BTreeMap<NodeId, NodeInfo> {
-    addrs
-        .iter()
-        .map(|(id, addr)| {
-            let info = NodeInfo {
-                addr: addr.clone(),
-                zone: format!("z{id}"),
-            };
-            (*id, info)
-        })
-        .collect()
-}
-
-/// Initializes every group on node 1, writes `rounds` batches through each group's leader and
-/// checks that every replica applied them.
-async fn replicate(nodes: &[Arc<TestNode>], addrs: &[(NodeId, String)], rounds: i64) {
-    let timeout = Some(Duration::from_secs(20));
-    for group in GROUPS {
-        let first = nodes[0].raft(group).unwrap();
-        first
-            .initialize(membership(addrs))
-            .await
-            .expect("initialize");
-        let metrics = first
-            .wait(timeout)
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await
-            .expect("elected");
-        let leader = metrics.current_leader.unwrap();
-        let leader = nodes.iter().find(|n| n.id == leader).unwrap();
-        let raft = leader.raft(group).unwrap();
-        let mut last = 0;
-        for round in 1..=rounds {
-            // A new leader serves writes once a quorum has acknowledged it (its lease); until
-            // then it answers ForwardToLeader, so the first write may be retried.
-            let mut tries = 0;
-            let resp = loop {
-                match raft.client_write(batch(round)).await {
-                    Ok(resp) => break resp,
-                    Err(e) if tries < 100 && e.forward_to_leader().is_some() => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("group {group}: write: {e}"),
-                }
-            };
-            last = resp.log_id.index;
-        }
-        for node in nodes {
-            node.raft(group)
-                .unwrap()
-                .wait(timeout)
-                .applied_index_at_least(Some(last), "applied everywhere")
+/// Creates `node`'s replicas of `groups`: with `init`, of those it initializes (a group's first
+/// member, spread over the members so leaders start spread, initializes it with all of
+/// `members`), else of the others. Create the others first: an election asking replicas that
+/// do not exist yet fails, and the next one comes an election timeout later.
+async fn create_groups(
+    node: &Node,
+    groups: &[GroupId],
+    members: &BTreeMap<NodeId, NodeInfo>,
+    init: bool,
+) {
+    for &group in groups {
+        let first = members.keys().nth(group as usize % members.len()).copied();
+        if (first == Some(node.node())) == init {
+            let members = init.then(|| members.clone());
+            node.create_group(group, members)
                 .await
-                .expect("applied");
-            let samples = node
-                .sm(group)
-                .with_engine(|e| e.read_series(&key(3), i64::MIN, i64::MAX))
-                .unwrap();
+                .expect("create group");
+        }
+    }
+}
+
+/// Polls (25 ms apart, at most 20 s) until `done` holds.
+async fn poll(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..800 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not within 20 s: {what}");
+}
+
+/// The node leading `group`, once there is one.
+async fn leader(nodes: &[Node], group: GroupId) -> &Node {
+    poll(&format!("a leader of group {group}"), || {
+        nodes.iter().any(|n| n.is_leader(group))
+    })
+    .await;
+    nodes.iter().find(|n| n.is_leader(group)).unwrap()
+}
+
+/// Proposes through whichever node leads, retrying (at most 30 s) until it is applied there
+/// (the router's job; retrying the same write is safe: first-write-wins dedup).
+async fn propose(nodes: &[Node], group: GroupId, command: Command) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = match leader(nodes, group)
+            .await
+            .propose(group, command.clone())
+            .await
+        {
+            Ok(_) => return,
+            Err(
+                e @ (ProposeError::NotLeader { .. }
+                | ProposeError::OutcomeUnknown { .. }
+                | ProposeError::Timeout { .. }),
+            ) => e,
+            Err(e) => panic!("propose to group {group}: {e}"),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group}: no proposal succeeded within 30 s, the last: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until every replica of `group` has applied what the leader committed.
+async fn converge(nodes: &[Node], group: GroupId) {
+    let leader = leader(nodes, group).await;
+    let target = leader.metrics(group).unwrap().cluster_committed;
+    poll(&format!("group {group} applied to {target:?}"), || {
+        nodes
+            .iter()
+            .filter_map(|n| n.metrics(group))
+            .all(|m| m.last_applied >= target)
+    })
+    .await;
+}
+
+/// The steps of `series` that `node`'s replica of `group` stores.
+async fn steps(node: &Node, group: GroupId, series: u64) -> BTreeSet<u64> {
+    node.read(group, Consistency::Any, |e| {
+        e.read_series(&key(series), i64::MIN / 4, i64::MAX / 4)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+    .iter()
+    .map(|s| s.value as u64)
+    .collect()
+}
+
+/// Writes steps `0..writes` of series `g` to each group `g` (the groups concurrently) and
+/// checks that every replica applied all of them.
+async fn replicate(nodes: &[Node], groups: &[GroupId], writes: u64) {
+    let tasks: Vec<_> = groups
+        .iter()
+        .map(|&group| {
+            let nodes = nodes.to_vec();
+            tokio::spawn(async move {
+                for i in 0..writes {
+                    propose(&nodes, group, write(group, i)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for &group in groups {
+        converge(nodes, group).await;
+        for node in nodes {
             assert_eq!(
-                samples.len() as i64,
-                rounds,
-                "node {} group {group}",
-                node.id
+                steps(node, group, group).await,
+                (0..writes).collect(),
+                "group {group} on node {}",
+                node.node()
             );
         }
     }
 }
 
-#[tokio::test]
-async fn three_nodes_replicate_two_groups_over_loopback_tcp() {
-    Runtime::scope(11, async {
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for id in 1..=3u64 {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.push((id, l.local_addr().unwrap().to_string()));
-            listeners.push(l);
-        }
-        let mut nodes = Vec::new();
-        let mut servers = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let node = TestNode::new(id, 100 + id);
+/// Registries on loopback TCP, each with its own gRPC network and server.
+struct Loopback {
+    nodes: Vec<Node>,
+    members: BTreeMap<NodeId, NodeInfo>,
+    servers: Vec<(oneshot::Sender<()>, Server)>,
+}
+
+impl Loopback {
+    /// Starts nodes `1..=n`, each serving on a port of 127.0.0.1 the kernel picks.
+    async fn start(n: u64, tune: fn(&mut RegistryConfig)) -> Loopback {
+        let mut c = Loopback {
+            nodes: Vec::new(),
+            members: BTreeMap::new(),
+            servers: Vec::new(),
+        };
+        for id in 1..=n {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            c.members.insert(id, info(id, addr));
             let net = GrpcNetwork::new(GrpcConfig::default());
-            for group in GROUPS {
-                node.add_group(group, &net).await;
-            }
-            let (stop, stopped) = oneshot::channel::<()>();
-            let handler: Arc<dyn RaftHandler> = node.clone();
-            let server = tokio::spawn(grpc::serve_tcp(handler, listener, async {
-                let _ = stopped.await;
-            }));
-            servers.push((stop, server));
-            nodes.push(node);
+            let node = Registry::open(config(id, tune), net.router(id))
+                .await
+                .expect("open registry");
+            c.servers.push(serve(node.clone(), listener));
+            c.nodes.push(node);
         }
-        replicate(&nodes, &addrs, 5).await;
-        for node in &nodes {
+        c
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Creates `groups` on every node.
+    async fn create_groups(&self, groups: &[GroupId]) {
+        for init in [false, true] {
+            for node in &self.nodes {
+                create_groups(node, groups, &self.members, init).await;
+            }
+        }
+    }
+
+    /// Stops every group, then every server.
+    async fn stop(self) {
+        for node in &self.nodes {
             node.shutdown().await;
         }
-        for (stop, server) in servers {
+        for (stop, server) in self.servers {
             let _ = stop.send(());
             server.await.unwrap().expect("server ran");
         }
-    })
-    .await;
+    }
+}
+
+/// Serves `handler` on `listener` until the returned sender fires (or is dropped).
+fn serve(
+    handler: Arc<dyn RaftHandler>,
+    listener: tokio::net::TcpListener,
+) -> (oneshot::Sender<()>, Server) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(grpc::serve_tcp(handler, listener, async {
+        let _ = stopped.await;
+    }));
+    (stop, server)
+}
+
+#[tokio::test]
+async fn three_nodes_replicate_two_groups_over_loopback_tcp() {
+    let c = Loopback::start(3, |_| {}).await;
+    c.create_groups(&[1, 2]).await;
+    replicate(&c.nodes, &[1, 2], 5).await;
+    // A follower redirects to the leader's gRPC address; the leader serves linearizable reads
+    // (a quorum round trip over gRPC).
+    let leader = leader(&c.nodes, 1).await.node();
+    let follower = c.nodes.iter().find(|n| n.node() != leader).unwrap();
+    match follower.propose(1, write(1, 9)).await {
+        Err(ProposeError::NotLeader { leader_hint, .. }) => {
+            assert_eq!(leader_hint, Some((leader, c.members[&leader].clone())));
+        }
+        other => panic!("a follower answered {other:?}"),
+    }
+    assert!(matches!(
+        follower.read(1, Consistency::Strong, |_| ()).await,
+        Err(ReadError::NotLeader { .. })
+    ));
+    let read = c.node(leader).read(1, Consistency::Strong, |e| {
+        e.read_series(&key(1), i64::MIN / 4, i64::MAX / 4)
+    });
+    assert_eq!(read.await.unwrap().unwrap().len(), 5);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn proposals_in_sixteen_groups_on_three_nodes_all_commit_over_grpc() {
+    let c = Loopback::start(3, |_| {}).await;
+    let groups: Vec<GroupId> = (1..=16).collect();
+    c.create_groups(&groups).await;
+    replicate(&c.nodes, &groups, 5).await;
+    c.stop().await;
 }
 
 /// A learner added after the leader purged its log catches up from a real shard snapshot
 /// (engine blocks + checkpoint) streamed over gRPC.
 #[tokio::test]
 async fn a_learner_catches_up_from_a_shard_snapshot_sent_over_grpc() {
-    Runtime::scope(12, async {
-        let timeout = Some(Duration::from_secs(20));
-        let mut nodes = Vec::new();
-        let mut servers = Vec::new();
-        let mut addrs = Vec::new();
-        for id in 1..=2u64 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.push((id, listener.local_addr().unwrap().to_string()));
-            let node = TestNode::new(id, 100 + id);
-            node.add_group(1, &GrpcNetwork::new(GrpcConfig::default()))
-                .await;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let handler: Arc<dyn RaftHandler> = node.clone();
-            let server = tokio::spawn(grpc::serve_tcp(handler, listener, async {
-                let _ = stopped.await;
-            }));
-            servers.push((stop, server));
-            nodes.push(node);
-        }
-        let leader = nodes[0].raft(1).unwrap();
-        leader.initialize(membership(&addrs[..1])).await.unwrap();
-        leader
-            .wait(timeout)
-            .current_leader(1, "node 1 leads alone")
-            .await
-            .unwrap();
-        for round in 1..=20 {
-            leader.client_write(batch(round)).await.expect("write");
-        }
-        // Blocks on disk, so the snapshot has several files.
-        let last = leader.client_write(Command::Seal).await.unwrap().log_id;
-        leader.trigger().snapshot().await.unwrap();
-        leader
-            .wait(timeout)
-            .snapshot(last, "snapshot built")
-            .await
-            .unwrap();
-        leader.trigger().purge_log(last.index).await.unwrap();
-        leader
-            .wait(timeout)
-            .purged(Some(last), "log purged")
-            .await
-            .unwrap();
-        let (id, addr) = &addrs[1];
-        let info = NodeInfo {
-            addr: addr.clone(),
-            zone: "z2".into(),
-        };
-        leader.add_learner(*id, info, true).await.expect("learner");
-        let learner = nodes[1].raft(1).unwrap();
-        learner
-            .wait(timeout)
-            .applied_index_at_least(Some(last.index), "caught up")
-            .await
-            .unwrap();
-        // Installed from a snapshot (the leader's current state: it may include the learner's
-        // membership entry), not replayed from the purged log.
-        learner
-            .wait(timeout)
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= last.index),
-                "snapshot installed",
-            )
-            .await
-            .unwrap();
-        let samples = nodes[1]
-            .sm(1)
-            .with_engine(|e| e.read_series(&key(2), i64::MIN, i64::MAX))
-            .unwrap();
-        assert_eq!(samples.len(), 20);
-        for node in &nodes {
-            node.shutdown().await;
-        }
-        for (stop, server) in servers {
-            let _ = stop.send(());
-            server.await.unwrap().expect("server ran");
-        }
+    let c = Loopback::start(2, |config| {
+        config.raft.snapshot_after_entries = 10;
+        config.raft.keep_after_snapshot = 2;
     })
     .await;
+    let first = &c.nodes[..1];
+    let alone = BTreeMap::from([(1, c.members[&1].clone())]);
+    c.node(1).create_group(1, Some(alone)).await.unwrap();
+    for i in 0..20 {
+        propose(first, 1, write(1, i)).await;
+    }
+    // Blocks on disk, so the snapshot has several files.
+    propose(first, 1, Command::Seal).await;
+    let sealed = c.node(1).metrics(1).unwrap().last_applied.unwrap().index;
+    for i in 20..30 {
+        propose(first, 1, write(1, i)).await;
+    }
+    // The leader snapshots past the seal and purges the log a new replica would need.
+    poll("the leader purged its log past the seal", || {
+        let m = c.node(1).metrics(1).unwrap();
+        m.purged.is_some_and(|p| p.index >= sealed)
+    })
+    .await;
+    let purged = c.node(1).metrics(1).unwrap().purged.unwrap().index;
+    c.node(2).create_group(1, None).await.unwrap();
+    c.node(1)
+        .add_replica(1, 2, c.members[&2].clone())
+        .await
+        .expect("add replica");
+    converge(&c.nodes, 1).await;
+    // Installed from a snapshot (the log it would need is gone), not replayed.
+    let m = c.node(2).metrics(1).unwrap();
+    assert!(
+        m.snapshot.is_some_and(|s| s.index >= purged),
+        "node 2 has snapshot {:?}, the leader purged up to {purged}",
+        m.snapshot
+    );
+    assert_eq!(steps(c.node(2), 1, 1).await, (0..30).collect());
+    c.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -516,20 +435,11 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn start_sink() -> (
-    Arc<SnapshotSink>,
-    String,
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-) {
+async fn start_sink() -> (Arc<SnapshotSink>, String, oneshot::Sender<()>, Server) {
     let sink = Arc::new(SnapshotSink::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handler: Arc<dyn RaftHandler> = sink.clone();
-    let server = tokio::spawn(grpc::serve_tcp(handler, listener, async {
-        let _ = stopped.await;
-    }));
+    let (stop, server) = serve(sink.clone(), listener);
     (sink, addr, stop, server)
 }
 
@@ -823,22 +733,24 @@ const TURMOIL_PORT: u16 = 7000;
 
 #[test]
 fn three_hosts_replicate_over_a_simulated_network() {
+    const GROUPS: [GroupId; 2] = [1, 2];
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(120))
         .build();
-    let nodes: Arc<Mutex<BTreeMap<NodeId, Arc<TestNode>>>> = Arc::default();
-    let addrs: Vec<(NodeId, String)> = (1..=3u64)
-        .map(|id| (id, format!("n{id}:{TURMOIL_PORT}")))
+    let nodes: Arc<Mutex<BTreeMap<NodeId, Node>>> = Arc::default();
+    let members: BTreeMap<NodeId, NodeInfo> = (1..=3u64)
+        .map(|id| (id, info(id, format!("n{id}:{TURMOIL_PORT}"))))
         .collect();
     for id in 1..=3u64 {
-        let nodes = Arc::clone(&nodes);
+        let (nodes, members) = (Arc::clone(&nodes), members.clone());
         sim.host(format!("n{id}"), move || {
-            let nodes = Arc::clone(&nodes);
-            Runtime::scope(200 + id, async move {
-                let node = TestNode::new(id, 200 + id);
+            let (nodes, members) = (Arc::clone(&nodes), members.clone());
+            async move {
+                // Groups are created here, so their Raft tasks run on this host.
                 let net = GrpcNetwork::with_dialer(GrpcConfig::default(), Arc::new(TurmoilDialer));
-                for group in GROUPS {
-                    node.add_group(group, &net).await;
+                let node = Registry::open(config(id, |_| {}), net.router(id)).await?;
+                for init in [false, true] {
+                    create_groups(&node, &GROUPS, &members, init).await;
                 }
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", TURMOIL_PORT)).await?;
                 let incoming = futures::stream::unfold(listener, |l| async move {
@@ -846,23 +758,19 @@ fn three_hosts_replicate_over_a_simulated_network() {
                     Some((accepted, l))
                 });
                 nodes.lock().unwrap().insert(id, Arc::clone(&node));
-                let handler: Arc<dyn RaftHandler> = node;
-                grpc::serve(handler, incoming, futures::future::pending()).await?;
+                grpc::serve(node, incoming, futures::future::pending()).await?;
                 Ok(())
-            })
+            }
         });
     }
-    sim.client("driver", {
-        let nodes = Arc::clone(&nodes);
-        async move {
-            // Hosts register once they listen.
-            while nodes.lock().unwrap().len() < 3 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let list: Vec<Arc<TestNode>> = nodes.lock().unwrap().values().cloned().collect();
-            Runtime::scope(300, replicate(&list, &addrs, 3)).await;
-            Ok(())
+    sim.client("driver", async move {
+        // Hosts register once they listen.
+        while nodes.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let list: Vec<Node> = nodes.lock().unwrap().values().cloned().collect();
+        replicate(&list, &GROUPS, 3).await;
+        Ok(())
     });
     sim.run().expect("simulation");
 }
