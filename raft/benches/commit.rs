@@ -4,13 +4,14 @@
 //! nodes talk over the in-process transport. For each configuration (groups × samples per
 //! proposal) a fixed number of proposers per group propose `Command::Write` batches to the
 //! group's leader for a fixed time (each proposal: one sample for each of the proposer's
-//! `batch` series, as a scrape or remote-write request carries); every proposal is acknowledged only after a quorum has
+//! `batch` node_exporter-like series, as a scrape or remote-write request carries); every proposal is acknowledged only after a quorum has
 //! fsynced it and the leader applied it. Reported: committed samples/s, proposal latency
 //! p50/p99, fsyncs/s issued by all three nodes, and samples carried per fsync.
 //!
 //! `cargo bench -p strata-raft --bench commit` (env: `STRATA_BENCH_SECS`, default 5 per
-//! configuration; `STRATA_BENCH_DIR`, default the system temp dir; `STRATA_BENCH_QUICK=1`
-//! runs one short configuration, as a smoke test).
+//! configuration; `STRATA_BENCH_DIR`, default the system temp dir; `STRATA_BENCH_RUNS=16x1000`
+//! keeps only the listed groups x batch configurations; `STRATA_BENCH_QUICK=1` runs one short
+//! configuration, as a smoke test).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -29,16 +30,19 @@ use strata_shard::{Fs, FsFile, Labels, Sample, SeriesKey, StdFs, Tenant};
 #[derive(Debug)]
 struct CountingFs {
     syncs: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct CountingFile {
     inner: Box<dyn FsFile>,
     syncs: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
 }
 
 impl FsFile for CountingFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.inner.write_all(buf)
     }
     fn sync(&mut self) -> io::Result<()> {
@@ -61,6 +65,7 @@ impl Fs for CountingFs {
         Ok(Box::new(CountingFile {
             inner: StdFs.open_append(path, truncate)?,
             syncs: Arc::clone(&self.syncs),
+            written: Arc::clone(&self.written),
         }))
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -102,6 +107,8 @@ struct Outcome {
     p99: Duration,
     fsyncs_per_s: f64,
     samples_per_fsync: f64,
+    /// Bytes written to files (all three nodes) per committed sample.
+    bytes_per_sample: f64,
     errors: u64,
 }
 
@@ -115,19 +122,51 @@ fn info(id: NodeId) -> NodeInfo {
 /// One sample for each of the proposer's series at the next step: the shape of a scrape or a
 /// remote-write request (many series, one sample each).
 fn command(keys: &[SeriesKey], step: &mut i64) -> Command {
-    let sample = Sample::new(*step * 10_000, *step as f64);
+    let ts = *step * 10_000;
+    let batch = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            // A counter-like value with a per-series rate and two decimals, as node_exporter's.
+            let rate = (i % 97 + 1) as f64 * 0.37;
+            let value = ((*step as f64 * rate) * 100.0).round() / 100.0;
+            (k.clone(), vec![Sample::new(ts, value)])
+        })
+        .collect();
     *step += 1;
-    Command::Write(keys.iter().map(|k| (k.clone(), vec![sample])).collect())
+    Command::Write(batch)
+}
+
+/// node_exporter-like series: several labels, host names repeating every 8 CPUs × 8 modes.
+fn series_key(g: u64, p: usize, s: usize) -> SeriesKey {
+    const MODES: [&str; 8] = [
+        "idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user",
+    ];
+    let instance = format!("host-g{g}-p{p}-{:04}.example.internal:9100", s / 64);
+    let cpu = (s / 8 % 8).to_string();
+    SeriesKey::new(
+        Tenant::new("bench").unwrap(),
+        Labels::from_pairs(&[
+            ("__name__", "node_cpu_seconds_total"),
+            ("cpu", cpu.as_str()),
+            ("instance", instance.as_str()),
+            ("job", "node"),
+            ("mode", MODES[s % 8]),
+        ])
+        .unwrap(),
+    )
 }
 
 #[allow(clippy::disallowed_methods)] // a benchmark measures real elapsed time
 async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
     let net = LocalNetwork::new();
     let syncs = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
     let mut nodes: BTreeMap<NodeId, Arc<Registry<LocalRouter>>> = BTreeMap::new();
     for id in 1..=3u64 {
         let fs = Arc::new(CountingFs {
             syncs: Arc::clone(&syncs),
+            written: Arc::clone(&written),
         });
         let mut config = RegistryConfig::new(id, fs, dir.join(format!("node-{id}")));
         config.in_flight_max = 1024;
@@ -151,6 +190,7 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
         }
     }
     let start_syncs = syncs.load(Ordering::Relaxed);
+    let start_written = written.load(Ordering::Relaxed);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -159,16 +199,7 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
             let nodes = nodes.clone();
             let batch = r.batch;
             tasks.push(tokio::spawn(async move {
-                let keys: Vec<SeriesKey> = (0..batch)
-                    .map(|s| {
-                        let series = format!("g{g}-p{p}-s{s}");
-                        SeriesKey::new(
-                            Tenant::new("bench").unwrap(),
-                            Labels::from_pairs(&[("__name__", "m"), ("series", series.as_str())])
-                                .unwrap(),
-                        )
-                    })
-                    .collect();
+                let keys: Vec<SeriesKey> = (0..batch).map(|s| series_key(g, p, s)).collect();
                 let mut step = 0i64;
                 let mut latencies = Vec::new();
                 let mut samples = 0u64;
@@ -208,6 +239,7 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let fsyncs = syncs.load(Ordering::Relaxed) - start_syncs;
+    let bytes = written.load(Ordering::Relaxed) - start_written;
     for node in nodes.values() {
         node.shutdown().await;
     }
@@ -225,6 +257,7 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
         fsyncs_per_s: fsyncs as f64 / elapsed,
         // Every committed sample is fsynced on all three replicas.
         samples_per_fsync: (samples * 3) as f64 / fsyncs.max(1) as f64,
+        bytes_per_sample: bytes as f64 / samples.max(1) as f64,
         errors,
     }
 }
@@ -255,6 +288,11 @@ fn main() {
                 });
             }
         }
+        // `STRATA_BENCH_RUNS=16x1000,1x100` keeps only those (groups x samples per proposal).
+        if let Ok(only) = std::env::var("STRATA_BENCH_RUNS") {
+            let keep: Vec<&str> = only.split(',').collect();
+            runs.retain(|r| keep.contains(&format!("{}x{}", r.groups, r.batch).as_str()));
+        }
         runs
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -262,16 +300,16 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| groups | samples/proposal | proposers | samples/s committed | p50 | p99 | fsyncs/s | samples/fsync | errors |"
+        "| groups | samples/proposal | proposers | samples/s committed | p50 | p99 | fsyncs/s | samples/fsync | bytes written/sample | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, r) in runs.iter().enumerate() {
         let dir = base.join(format!("strata-commit-bench-{}-{i}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let o = rt.block_on(run(&dir, r, if quick { 1 } else { secs }));
         let _ = std::fs::remove_dir_all(&dir);
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.0} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.0} | {:.0} | {} |",
             r.groups,
             r.batch,
             r.groups as usize * r.proposers_per_group,
@@ -280,6 +318,7 @@ fn main() {
             o.p99.as_secs_f64() * 1e3,
             o.fsyncs_per_s,
             o.samples_per_fsync,
+            o.bytes_per_sample,
             o.errors
         );
     }

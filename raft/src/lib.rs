@@ -4,7 +4,7 @@
 //! hosts replicas of many groups, so everything per node is shared: one write-ahead log with
 //! group commit, one connection per peer.
 //!
-//! ## Map (built so far)
+//! ## Map
 //! - [`types`]: the openraft type configuration of every group ([`types::TypeConfig`]): node
 //!   ids, [`types::NodeInfo`] (address + zone), the replicated [`types::Command`]s and their
 //!   [`types::Response`]; the runtime is tokio with openraft's seeded RNG, so elections replay
@@ -13,7 +13,8 @@
 //! - [`wal`]: the segmented write-ahead log shared by all groups of a node (group commit,
 //!   torn-tail recovery, segment reclaim; W1–W9); independent of openraft, payloads are opaque.
 //! - [`log_store`]: openraft's `RaftLogStorage` per group on the shared WAL, and the group-commit
-//!   loop that completes appends only after the fsync that covers them (L1–L3).
+//!   loop that completes appends only after the fsync that covers them, without holding the
+//!   WAL during the fsync; recent entries are kept decoded for apply and replication (L1–L5).
 //! - [`shard_sm`]: a shard group's state machine, the `strata-shard` engine; snapshots are
 //!   pinned engine checkpoints (R1–R4).
 //! - [`meta`]: the meta group's (group 0) commands and pure state: nodes and zones, shard
@@ -29,9 +30,11 @@
 //!   [`network::grpc`], the tonic transport between nodes (`strata-proto` wire types; one
 //!   channel per peer, deadlines, chunked snapshots).
 //!
-//! ## Still to build (issue "Multi-Raft replication")
-//! - `registry`: a node's groups (create / start / stop / drop), the client API (`propose`,
-//!   `read` with strong / leader / any), membership changes and leader transfer.
+//! - [`registry`]: a node's replicas (create / start / stop / drop at runtime, the meta group
+//!   included), the client API the router uses (`propose` → applied | `NotLeader{hint}` |
+//!   `Busy` | `OutcomeUnknown` | `Timeout`; `read` / `read_meta` with strong / leader / any),
+//!   membership (learner → voter, remove voter), leader transfer, per-group heartbeat jitter
+//!   (G1–G5). It is the node's [`network::RaftHandler`].
 //!
 //! Must not depend on: `strata-router`, `strata-query-fanout`, PromQL, HTTP. It knows nothing
 //! about labels beyond handing batches to the shard engine.
