@@ -3,7 +3,7 @@
 //! Each node has its own directory on the real disk (`StdFs`) and its own shared WAL; the
 //! nodes talk over the in-process transport. For each configuration (groups × samples per
 //! proposal) a fixed number of proposers per group propose `Command::Write` batches to the
-//! group's leader for a fixed time (each proposal: one sample for each of the proposer's
+//! group's leader for a fixed time after creating its series (each proposal: one sample for each of the proposer's
 //! `batch` node_exporter-like series, as a scrape or remote-write request carries); every proposal is acknowledged only after a quorum has
 //! fsynced it and the leader applied it. Reported: committed samples/s, proposal latency
 //! p50/p99, fsyncs/s issued by all three nodes, and samples carried per fsync.
@@ -189,18 +189,31 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let start_syncs = syncs.load(Ordering::Relaxed);
-    let start_written = written.load(Ordering::Relaxed);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(secs);
+    // Every proposer first creates its series (two untimed proposals), then all start together:
+    // the figures are steady-state commit throughput, not series creation.
+    let proposers = r.groups as usize * r.proposers_per_group;
+    let ready = Arc::new(tokio::sync::Barrier::new(proposers + 1));
     let mut tasks = Vec::new();
     for g in 1..=r.groups {
         for p in 0..r.proposers_per_group {
             let nodes = nodes.clone();
             let batch = r.batch;
+            let ready = Arc::clone(&ready);
             tasks.push(tokio::spawn(async move {
                 let keys: Vec<SeriesKey> = (0..batch).map(|s| series_key(g, p, s)).collect();
                 let mut step = 0i64;
+                let mut warm = 0;
+                while warm < 2 {
+                    let Some(leader) = nodes.values().find(|n| n.is_leader(g)).cloned() else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    if leader.propose(g, command(&keys, &mut step)).await.is_ok() {
+                        warm += 1;
+                    }
+                }
+                ready.wait().await;
+                let deadline = Instant::now() + Duration::from_secs(secs);
                 let mut latencies = Vec::new();
                 let mut samples = 0u64;
                 let mut errors = 0u64;
@@ -228,6 +241,10 @@ async fn run(dir: &Path, r: &Run, secs: u64) -> Outcome {
             }));
         }
     }
+    ready.wait().await;
+    let start_syncs = syncs.load(Ordering::Relaxed);
+    let start_written = written.load(Ordering::Relaxed);
+    let start = Instant::now();
     let mut latencies = Vec::new();
     let mut samples = 0;
     let mut errors = 0;

@@ -52,7 +52,7 @@ use strata_shard::fs::create_dir_all_durable;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::log_store::SharedWal;
+use crate::log_store::{DECODED_CACHE_BYTES_DEFAULT, SharedWal};
 use crate::meta::MetaState;
 use crate::meta_sm::MetaStateMachine;
 use crate::network::{HandlerError, HandlerResult, RaftHandler, Snapshot, Transport};
@@ -113,6 +113,8 @@ pub struct RegistryConfig {
     pub fs: Arc<dyn Fs>,
     pub root: PathBuf,
     pub wal: WalConfig,
+    /// Budget of the decoded copies of recent log entries (all groups).
+    pub decoded_cache_bytes_max: usize,
     /// Engine settings of every shard (`dir` is set per group).
     pub engine: EngineConfig,
     pub raft: RaftTuning,
@@ -133,6 +135,7 @@ impl RegistryConfig {
             fs,
             root: root.into(),
             wal: WalConfig::default(),
+            decoded_cache_bytes_max: DECODED_CACHE_BYTES_DEFAULT,
             engine: EngineConfig::new("per-group"),
             raft: RaftTuning::default(),
             in_flight_max: 256,
@@ -325,8 +328,13 @@ impl<T: Transport> Registry<T> {
         let fs = Arc::clone(&config.fs);
         let staging = config.root.join("staging");
         delete_tree(&*fs, &staging).map_err(|e| storage(format!("clear staging: {e}")))?;
-        let wal = SharedWal::open(Arc::clone(&fs), config.root.join("wal"), config.wal.clone())
-            .map_err(|e| storage(format!("open WAL: {e}")))?;
+        let wal = SharedWal::open_with(
+            Arc::clone(&fs),
+            config.root.join("wal"),
+            config.wal.clone(),
+            config.decoded_cache_bytes_max,
+        )
+        .map_err(|e| storage(format!("open WAL: {e}")))?;
         let flusher = tokio::spawn(Arc::clone(&wal).run_flusher());
         let groups_dir = config.root.join("groups");
         create_dir_all_durable(&*fs, &groups_dir)
