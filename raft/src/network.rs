@@ -35,8 +35,9 @@ use openraft::raft::{
 use strata_shard::fs::create_dir_all_durable;
 use strata_shard::{Error, Fs, FsFile};
 
+use crate::registry::ProposeError;
 use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
-use crate::types::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{Command, GroupId, NodeId, Response, SnapshotMeta, TypeConfig, Vote};
 
 pub mod grpc;
 pub mod local;
@@ -102,6 +103,13 @@ pub trait RaftHandler: Send + Sync + 'static {
     /// A fresh, empty directory on this node's file system to receive a snapshot of `group`
     /// into. The handler owns it and removes it once the snapshot is installed or abandoned.
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)>;
+    /// A client proposal forwarded by another node's router to this node, which it believes
+    /// leads `group`; answered as [`crate::registry::Registry::propose`] answers.
+    fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> BoxFuture<'static, Result<Response, ProposeError>>;
     /// Installs a snapshot whose files have all arrived (N4).
     fn install_snapshot(
         &self,

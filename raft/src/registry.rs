@@ -219,6 +219,13 @@ pub enum ProposeError {
         group: GroupId,
         reason: String,
     },
+    /// A forwarded proposal did not reach node `node` (no connection): nothing was appended.
+    #[error("group {group}: node {node} is unreachable: {reason}")]
+    Unreachable {
+        node: NodeId,
+        group: GroupId,
+        reason: String,
+    },
 }
 
 /// Why a read could not be served.
@@ -529,48 +536,57 @@ impl<T: Transport> Registry<T> {
     }
 
     /// Proposes `command` to `group`; answers once it is committed and applied here (G1).
-    pub async fn propose(
+    pub fn propose(
         &self,
         group: GroupId,
         command: Command,
-    ) -> Result<Response, ProposeError> {
+    ) -> impl Future<Output = Result<Response, ProposeError>> + Send + 'static {
+        // Look-up and admission now; the future owns what it needs, so the network can hand a
+        // forwarded proposal to it without borrowing the registry.
         let node = self.config.node;
-        let replica = self
+        let admitted = self
             .replica(group)
-            .ok_or(ProposeError::NoSuchGroup { node, group })?;
-        let _permit = Arc::clone(&replica.in_flight)
-            .try_acquire_owned()
-            .map_err(|_| ProposeError::Busy {
-                group,
-                in_flight: self.config.in_flight_max,
-            })?;
+            .ok_or(ProposeError::NoSuchGroup { node, group })
+            .and_then(|replica| {
+                let permit = Arc::clone(&replica.in_flight)
+                    .try_acquire_owned()
+                    .map_err(|_| ProposeError::Busy {
+                        group,
+                        in_flight: self.config.in_flight_max,
+                    })?;
+                Ok((replica, permit))
+            });
         let timeout = self.config.propose_timeout;
-        let write = self.scoped(group, async move {
-            on_raft!(&replica.raft, raft => raft.client_write(command).await)
-        });
-        let written = tokio::time::timeout(timeout, write)
-            .await
-            .map_err(|_| ProposeError::Timeout { group, timeout })?;
-        match written {
-            Ok(reply) => Ok(reply.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
+        let seed = mix(self.config.seed ^ group);
+        async move {
+            let (replica, _permit) = admitted?;
+            let write = Runtime::scope(seed, async move {
+                on_raft!(&replica.raft, raft => raft.client_write(command).await)
+            });
+            let written = tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| ProposeError::Timeout { group, timeout })?;
+            match written {
+                Ok(reply) => Ok(reply.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ProposeError::NotLeader {
+                        node,
+                        group,
+                        leader_hint: f.leader_id.zip(f.leader_node),
+                    })
+                }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                    Err(ProposeError::OutcomeUnknown {
+                        group,
+                        leader_hint: f.leader_id.zip(f.leader_node),
+                    })
+                }
+                Err(e) => Err(ProposeError::Stopped {
                     node,
                     group,
-                    leader_hint: f.leader_id.zip(f.leader_node),
-                })
+                    reason: e.to_string(),
+                }),
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(ProposeError::OutcomeUnknown {
-                    group,
-                    leader_hint: f.leader_id.zip(f.leader_node),
-                })
-            }
-            Err(e) => Err(ProposeError::Stopped {
-                node,
-                group,
-                reason: e.to_string(),
-            }),
         }
     }
 
@@ -808,6 +824,14 @@ impl<T: Transport> RaftHandler for Registry<T> {
             on_raft!(&replica?.raft, raft => raft.handle_transfer_leader(rpc).await)
                 .map_err(|e| err(e.to_string()))
         })
+    }
+
+    fn propose(
+        &self,
+        group: GroupId,
+        command: Command,
+    ) -> BoxFuture<'static, Result<Response, ProposeError>> {
+        Registry::propose(self, group, command).boxed()
     }
 
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {

@@ -631,3 +631,36 @@ async fn the_meta_group_keeps_placement_and_leases_across_a_leader_crash() {
         Err(ReadError::WrongKind { .. })
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_router_forwards_proposals_to_the_leader_and_a_lost_reply_is_an_unknown_outcome() {
+    let c = Cluster::new(&[1, 2, 3], |_| {}).await;
+    c.create_group(1, &[1, 2, 3]).await;
+    let leader = c.leader(1).await;
+    let follower = [1, 2, 3].into_iter().find(|&n| n != leader).unwrap();
+    let router = c.net.router(follower);
+    match router.propose(leader, 1, write(6, 0)).await {
+        Ok(Response::Write(w)) => assert_eq!(w.appended, 1),
+        other => panic!("forwarded proposal: {other:?}"),
+    }
+    // The leader's answer is lost: the outcome is unknown, and the retry with the same
+    // payload is a duplicate, not a second sample.
+    c.net.cut(leader, follower);
+    assert!(matches!(
+        router.propose(leader, 1, write(6, 1)).await,
+        Err(ProposeError::OutcomeUnknown { .. })
+    ));
+    c.net.heal_all();
+    match router.propose(leader, 1, write(6, 1)).await {
+        Ok(Response::Write(w)) => assert_eq!((w.appended, w.duplicates), (0, 1)),
+        other => panic!("retried proposal: {other:?}"),
+    }
+    c.converge(1).await;
+    assert_eq!(c.steps(follower, 1, 6).await, BTreeSet::from([0, 1]));
+    // A cut request link: nothing was sent.
+    c.net.cut(follower, leader);
+    assert!(matches!(
+        router.propose(leader, 1, write(6, 2)).await,
+        Err(ProposeError::Unreachable { .. })
+    ));
+}

@@ -284,10 +284,42 @@ async fn three_nodes_replicate_two_groups_over_loopback_tcp() {
         follower.read(1, Consistency::Strong, |_| ()).await,
         Err(ReadError::NotLeader { .. })
     ));
+    // The follower's router forwards the proposal to the hinted leader over gRPC; asking the
+    // follower itself gives the hint back across the wire; an unknown group is named.
+    let router = GrpcNetwork::new(GrpcConfig::default()).router(follower.node());
+    let ttl = Duration::from_secs(10);
+    let forwarded = router
+        .propose(leader, &c.members[&leader], 1, &write(1, 9), ttl)
+        .await;
+    match forwarded {
+        Ok(strata_raft::types::Response::Write(w)) => assert_eq!(w.appended, 1),
+        other => panic!("a forwarded proposal answered {other:?}"),
+    }
+    let other = c
+        .nodes
+        .iter()
+        .find(|n| n.node() != leader && n.node() != follower.node())
+        .unwrap()
+        .node();
+    match router
+        .propose(other, &c.members[&other], 1, &write(1, 10), ttl)
+        .await
+    {
+        Err(ProposeError::NotLeader { leader_hint, .. }) => {
+            assert_eq!(leader_hint, Some((leader, c.members[&leader].clone())));
+        }
+        res => panic!("a follower answered a forwarded proposal with {res:?}"),
+    }
+    assert!(matches!(
+        router
+            .propose(leader, &c.members[&leader], 77, &write(1, 11), ttl)
+            .await,
+        Err(ProposeError::NoSuchGroup { group: 77, .. })
+    ));
     let read = c.node(leader).read(1, Consistency::Strong, |e| {
         e.read_series(&key(1), i64::MIN / 4, i64::MAX / 4)
     });
-    assert_eq!(read.await.unwrap().unwrap().len(), 5);
+    assert_eq!(read.await.unwrap().unwrap().len(), 6);
     c.stop().await;
 }
 
@@ -389,6 +421,13 @@ impl RaftHandler for SnapshotSink {
         _: TransferLeaderRequest<TypeConfig>,
     ) -> BoxFuture<'static, HandlerResult<TransferLeaderResponse<TypeConfig>>> {
         Box::pin(async move { Err(HandlerError::NoSuchGroup { node: 2, group }) })
+    }
+    fn propose(
+        &self,
+        group: GroupId,
+        _: Command,
+    ) -> BoxFuture<'static, Result<strata_raft::types::Response, ProposeError>> {
+        Box::pin(async move { Err(ProposeError::NoSuchGroup { node: 2, group }) })
     }
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {
         let n = self.staging.fetch_add(1, Ordering::Relaxed);

@@ -70,8 +70,9 @@ use super::{
     SnapshotReceiver, Transport, send_snapshot, wire,
 };
 use crate::codec::{self, put_entry, put_log_id, put_option};
+use crate::registry::ProposeError;
 use crate::snapshot::SnapshotFiles;
-use crate::types::{GroupId, NodeId, NodeInfo, TypeConfig, Vote};
+use crate::types::{Command, GroupId, NodeId, NodeInfo, TypeConfig, Vote};
 
 /// Largest gRPC message encoded or decoded, on both sides (see the module doc).
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -296,6 +297,161 @@ impl GrpcRouter {
             .map_err(|_| RPCError::Timeout(timeout.clone()))?
             .map_err(|status| status_error(status, timeout))?;
         reply_payload(reply.into_inner())
+    }
+}
+
+impl GrpcRouter {
+    /// Forwards a client proposal to node `to` at `info.addr` (the leader as far as the caller
+    /// knows), under the deadline `ttl`. A connection failure is `Unreachable` (nothing was
+    /// appended); a deadline is `Timeout` (the entry may still commit).
+    pub async fn propose(
+        &self,
+        to: NodeId,
+        info: &NodeInfo,
+        group: GroupId,
+        command: &Command,
+        ttl: Duration,
+    ) -> Result<crate::types::Response, ProposeError> {
+        let unreachable = |reason: String| ProposeError::Unreachable {
+            node: to,
+            group,
+            reason,
+        };
+        if to == self.from {
+            return Err(unreachable(
+                "a node does not forward proposals to itself".into(),
+            ));
+        }
+        self.net.set_peer_addr(to, &info.addr);
+        let mut client = self
+            .net
+            .client(to)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let payload = codec::encode(command, codec::put_command);
+        let mut request = Request::new(pb::RaftRequest { group, payload });
+        request.set_timeout(ttl);
+        let reply = tokio::time::timeout(ttl, client.propose(request))
+            .await
+            .map_err(|_| ProposeError::Timeout {
+                group,
+                timeout: ttl,
+            })?;
+        let reply = match reply {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                return Err(match status.code() {
+                    Code::Unavailable => unreachable(status.message().to_string()),
+                    Code::DeadlineExceeded | Code::Cancelled => ProposeError::Timeout {
+                        group,
+                        timeout: ttl,
+                    },
+                    _ => ProposeError::Stopped {
+                        node: to,
+                        group,
+                        reason: status.to_string(),
+                    },
+                });
+            }
+        };
+        match reply.reply {
+            Some(pb::propose_reply::Reply::Ok(bytes)) => {
+                codec::decode(&bytes, "proposal response", wire::get_response).map_err(|e| {
+                    ProposeError::Stopped {
+                        node: to,
+                        group,
+                        reason: format!("undecodable response: {e}"),
+                    }
+                })
+            }
+            Some(pb::propose_reply::Reply::Error(e)) => Err(propose_error_from_pb(e)),
+            None => Err(ProposeError::Stopped {
+                node: to,
+                group,
+                reason: "reply carries neither a response nor an error".into(),
+            }),
+        }
+    }
+}
+
+fn hint_to_pb(e: &mut pb::ProposeError, hint: &Option<(NodeId, NodeInfo)>) {
+    if let Some((id, info)) = hint {
+        e.leader_id = Some(*id);
+        e.leader_addr.clone_from(&info.addr);
+        e.leader_zone.clone_from(&info.zone);
+    }
+}
+
+fn propose_error_to_pb(err: &ProposeError) -> pb::ProposeError {
+    use pb::propose_error::Kind as K;
+    let mut e = pb::ProposeError {
+        message: err.to_string(),
+        ..Default::default()
+    };
+    let (kind, node, group) = match err {
+        ProposeError::NoSuchGroup { node, group } => (K::NoSuchGroup, *node, *group),
+        ProposeError::NotLeader {
+            node,
+            group,
+            leader_hint,
+        } => {
+            hint_to_pb(&mut e, leader_hint);
+            (K::NotLeader, *node, *group)
+        }
+        ProposeError::Busy { group, in_flight } => {
+            e.limit = *in_flight as u64;
+            (K::Busy, 0, *group)
+        }
+        ProposeError::OutcomeUnknown { group, leader_hint } => {
+            hint_to_pb(&mut e, leader_hint);
+            (K::OutcomeUnknown, 0, *group)
+        }
+        ProposeError::Timeout { group, timeout } => {
+            e.limit = timeout.as_millis() as u64;
+            (K::Timeout, 0, *group)
+        }
+        ProposeError::Stopped { node, group, .. }
+        | ProposeError::Unreachable { node, group, .. } => (K::Stopped, *node, *group),
+    };
+    e.kind = kind as i32;
+    e.node = node;
+    e.group = group;
+    e
+}
+
+fn propose_error_from_pb(e: pb::ProposeError) -> ProposeError {
+    use pb::propose_error::Kind as K;
+    let hint = e.leader_id.map(|id| {
+        let info = NodeInfo {
+            addr: e.leader_addr.clone(),
+            zone: e.leader_zone.clone(),
+        };
+        (id, info)
+    });
+    let (node, group) = (e.node, e.group);
+    match K::try_from(e.kind) {
+        Ok(K::NoSuchGroup) => ProposeError::NoSuchGroup { node, group },
+        Ok(K::NotLeader) => ProposeError::NotLeader {
+            node,
+            group,
+            leader_hint: hint,
+        },
+        Ok(K::Busy) => ProposeError::Busy {
+            group,
+            in_flight: e.limit as usize,
+        },
+        Ok(K::OutcomeUnknown) => ProposeError::OutcomeUnknown {
+            group,
+            leader_hint: hint,
+        },
+        Ok(K::Timeout) => ProposeError::Timeout {
+            group,
+            timeout: Duration::from_millis(e.limit),
+        },
+        _ => ProposeError::Stopped {
+            node,
+            group,
+            reason: e.message,
+        },
     }
 }
 
@@ -755,6 +911,23 @@ impl RaftTransport for RaftService {
             .map_err(bad_request)?;
         let r = self.handler.transfer_leader(group, rpc).await;
         Ok(reply_of(r, wire::put_transfer_response))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::ProposeReply>, Status> {
+        let pb::RaftRequest { group, payload } = request.into_inner();
+        let command =
+            codec::decode(&payload, "proposal", codec::get_command).map_err(bad_request)?;
+        drop(payload);
+        let reply = match self.handler.propose(group, command).await {
+            Ok(response) => {
+                pb::propose_reply::Reply::Ok(codec::encode(&response, wire::put_response))
+            }
+            Err(e) => pb::propose_reply::Reply::Error(propose_error_to_pb(&e)),
+        };
+        Ok(Response::new(pb::ProposeReply { reply: Some(reply) }))
     }
 
     async fn install_snapshot(

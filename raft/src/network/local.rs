@@ -20,8 +20,9 @@ use openraft::raft::{
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 
 use super::{HandlerError, RaftHandler, Snapshot, SnapshotReceiver, Transport, send_snapshot};
+use crate::registry::ProposeError;
 use crate::snapshot::SnapshotFiles;
-use crate::types::{GroupId, NodeId, NodeInfo, TypeConfig, Vote};
+use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, TypeConfig, Vote};
 
 #[derive(Default)]
 struct Links {
@@ -145,6 +146,31 @@ impl LocalRouter {
             ))));
         }
         reply.map_err(handler_error)
+    }
+}
+
+impl LocalRouter {
+    /// Forwards a client proposal to node `to` (see `GrpcRouter::propose`).
+    pub async fn propose(
+        &self,
+        to: NodeId,
+        group: GroupId,
+        command: Command,
+    ) -> Result<Response, ProposeError> {
+        let handler = self.target(to).map_err(|e| ProposeError::Unreachable {
+            node: to,
+            group,
+            reason: e.to_string(),
+        })?;
+        let reply = handler.propose(group, command).await;
+        if self.reply_lost(to) {
+            // The proposal reached the leader; its answer did not come back.
+            return Err(ProposeError::OutcomeUnknown {
+                group,
+                leader_hint: None,
+            });
+        }
+        reply
     }
 }
 

@@ -24,11 +24,12 @@ use openraft::raft::{
 use strata_shard::Result;
 use strata_shard::codec::{PutExt, Reader};
 
+use crate::codec;
 use crate::codec::{
     get_entry, get_log_id, get_option, get_stored_membership, get_vote, put_log_id, put_option,
     put_stored_membership, put_vote,
 };
-use crate::types::{SnapshotMeta, TypeConfig, Vote};
+use crate::types::{Response, SnapshotMeta, TypeConfig, Vote, WriteOutcome};
 
 /// The smallest encoded entry: a log id and a payload tag.
 const ENTRY_BYTES_MIN: usize = 25;
@@ -209,6 +210,68 @@ pub fn get_vote_meta(r: &mut Reader<'_>) -> Result<(Vote, SnapshotMeta)> {
             last_membership,
         },
     ))
+}
+
+/// What applying an entry did (`types::Response`), for forwarded proposals.
+///
+/// ```text
+/// response  tag u8: 0 done | 1 write: appended u64, duplicates u64, rejected u32 × (reason str,
+///           count u64), errors u32 × str | 2 meta: meta response | 3 refused: str
+/// ```
+pub fn put_response(b: &mut Vec<u8>, r: &Response) {
+    match r {
+        Response::Done => b.put_u8(0),
+        Response::Write(w) => {
+            b.put_u8(1);
+            b.put_u64(w.appended);
+            b.put_u64(w.duplicates);
+            b.put_u32(w.rejected.len() as u32);
+            for (reason, n) in &w.rejected {
+                codec::put_str(b, reason);
+                b.put_u64(*n);
+            }
+            b.put_u32(w.errors.len() as u32);
+            for e in &w.errors {
+                codec::put_str(b, e);
+            }
+        }
+        Response::Meta(m) => {
+            b.put_u8(2);
+            crate::meta::put_meta_response(b, m);
+        }
+        Response::Refused(why) => {
+            b.put_u8(3);
+            codec::put_str(b, why);
+        }
+    }
+}
+
+pub fn get_response(r: &mut Reader<'_>) -> Result<Response> {
+    Ok(match r.u8()? {
+        0 => Response::Done,
+        1 => {
+            let appended = r.u64()?;
+            let duplicates = r.u64()?;
+            let mut rejected = std::collections::BTreeMap::new();
+            for _ in 0..r.count(12)? {
+                let reason = codec::get_str(r)?;
+                rejected.insert(reason, r.u64()?);
+            }
+            let mut errors = Vec::new();
+            for _ in 0..r.count(4)? {
+                errors.push(codec::get_str(r)?);
+            }
+            Response::Write(WriteOutcome {
+                appended,
+                duplicates,
+                rejected,
+                errors,
+            })
+        }
+        2 => Response::Meta(crate::meta::get_meta_response(r)?),
+        3 => Response::Refused(codec::get_str(r)?),
+        tag => return Err(r.corrupt(format!("response tag {tag}"))),
+    })
 }
 
 #[cfg(test)]
@@ -403,5 +466,28 @@ mod tests {
         b.push(0); // no last log id
         b.push(2); // not a bool
         assert!(decode(&b, "vote request", get_vote_request).is_err());
+    }
+
+    #[test]
+    fn responses_of_forwarded_proposals_round_trip_and_truncations_are_errors() {
+        let write = WriteOutcome {
+            appended: 7,
+            duplicates: 2,
+            rejected: [("out_of_order".to_string(), 3)].into_iter().collect(),
+            errors: vec!["series up{job=\"a\"}: sample at 5 is out of order".into()],
+        };
+        let cases = [
+            Response::Done,
+            Response::Write(write),
+            Response::Meta(crate::meta::MetaResponse::RingEpoch(4)),
+            Response::Refused("not for this group".into()),
+        ];
+        for r in &cases {
+            let bytes = codec::encode(r, put_response);
+            assert_eq!(&codec::decode(&bytes, "response", get_response).unwrap(), r);
+            for cut in 0..bytes.len() {
+                assert!(codec::decode(&bytes[..cut], "response", get_response).is_err());
+            }
+        }
     }
 }
