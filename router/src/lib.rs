@@ -1,9 +1,19 @@
 //! # strata-router: where a write goes
 //!
-//! Not built yet (issue "node and router"). Its job, per DESIGN.md: the consistent-hash ring
-//! (`hashring`, wrapped with a stable hasher and our own vnode keys, golden-tested), replica
-//! placement across zones, and the write path: validate with `strata_shard::series`, compute the
-//! `SeriesId`, group samples per shard, send each batch to the shard leader, follow `NotLeader`
-//! hints, retry with the same payload.
+//! Its job, per DESIGN.md: the consistent-hash ring, replica placement across zones, and the
+//! write path: validate with `strata_shard::series`, compute the `SeriesId`, group samples per
+//! shard, send each batch to the shard leader, follow `NotLeader` hints, retry with the same
+//! payload.
+//!
+//! ## Map of what is built
+//! - [`ring`]: the consistent-hash ring (`hashring`, wrapped with our own virtual-node keys and a
+//!   fixed xxh3 hasher, golden-tested: H1–H4), shard ↔ Raft group ids ([`ring::group_of`]:
+//!   shard `s` is group `s + 1`, group 0 is meta), and [`ring::RingSet`], the rings of every
+//!   epoch of the meta group's history: writes follow the newest epoch, queries ask the union
+//!   of the shards of every epoch their time range (widened by the routing slack) touches
+//!   (H5, H6).
+//! - Not built yet: placement, the write path.
 //!
 //! Must not depend on: PromQL parsing (`strata-query-fanout`), the node binary.
+
+pub mod ring;
