@@ -12,8 +12,12 @@
 //!   epoch of the meta group's history: writes follow the newest epoch, queries ask the union
 //!   of the shards of every epoch their time range (widened by the routing slack) touches
 //!   (H5, H6).
-//! - Not built yet: placement, the write path.
+//! - [`remote_write`]: Prometheus remote-write 1.0 bodies (Snappy block format + protobuf
+//!   `prometheus.WriteRequest`) decoded and validated into `(SeriesKey, Vec<Sample>)` per series,
+//!   with per-series errors and the HTTP status a sender expects. Pure (no IO, no clock, no HTTP
+//!   types): the node binary serves `/api/v1/write` and calls it.
 //!
 //! Must not depend on: PromQL parsing (`strata-query-fanout`), the node binary.
 
+pub mod remote_write;
 pub mod ring;
