@@ -89,6 +89,10 @@ pub const REPLICAS_MAX: usize = 7;
 pub const RING_SHARDS_MAX: u32 = 1 << 16;
 /// Most virtual nodes per shard on the hash ring.
 pub const RING_VNODES_PER_SHARD_MAX: u32 = 4096;
+/// Most virtual nodes of one ring in all (shards × vnodes per shard): every router builds the
+/// ring in memory (16 bytes a point), so a ring the meta group accepts must be one a router
+/// can build.
+pub const RING_VNODES_MAX: u64 = 1 << 22;
 /// Longest lease slot name.
 pub const LEASE_SLOT_BYTES_MAX: usize = 256;
 /// Longest lease: a holder that dies keeps its slot at most this long.
@@ -572,6 +576,13 @@ impl MetaState {
                 "ring: {vnodes_per_shard} virtual nodes per shard, must be 1..={RING_VNODES_PER_SHARD_MAX}"
             ));
         }
+        let total = u64::from(shards) * u64::from(vnodes_per_shard);
+        if total > RING_VNODES_MAX {
+            return refused(format!(
+                "ring: {shards} shards × {vnodes_per_shard} virtual nodes = {total} points, \
+                 more than {RING_VNODES_MAX}"
+            ));
+        }
         if let Some((epoch, ring)) = self.ring()
             && ring.shards == shards
             && ring.vnodes_per_shard == vnodes_per_shard
@@ -711,8 +722,10 @@ impl MetaState {
 
     /// The epochs that were current at some time in `from_ms..=to_ms` (epoch `e` is current
     /// from its `since_ms` until the next epoch's): where a query over that range must look.
-    /// Callers widen `from_ms` by the out-of-order window, since a late sample is routed by the
-    /// ring current when it arrives, not by its timestamp.
+    /// A sample is routed by the ring current when it arrives, not by its timestamp: a late
+    /// sample written under a newer epoch sits in that epoch's shard, so callers widen `to_ms`
+    /// by the out-of-order window (and `from_ms` by how far ahead of the clock a sample may be
+    /// accepted); `strata_router::ring::RoutingSlack` does both.
     pub fn ring_epochs_between(&self, from_ms: i64, to_ms: i64) -> Vec<(u64, RingConfig)> {
         let epochs: Vec<(u64, RingConfig)> = self.rings.iter().map(|(e, r)| (*e, *r)).collect();
         epochs
@@ -1370,6 +1383,11 @@ mod tests {
         // Setting the current ring again (a retried proposal) starts no new epoch (M8).
         assert_eq!(s.apply(&ring(16, 64, 1_500)), MetaResponse::RingEpoch(1));
         assert_eq!(s.apply(&ring(32, 64, 2_000)), MetaResponse::RingEpoch(2));
+        // Each factor within its bound, the product over what a router can build: refused.
+        match s.apply(&ring(4096, 4096, 2_000)) {
+            MetaResponse::Refused(why) => assert!(why.contains("points"), "{why}"),
+            other => panic!("a 2^24-point ring was accepted: {other:?}"),
+        }
         // A proposer with a lagging clock cannot date an epoch before the previous one (M7).
         assert_eq!(s.apply(&ring(32, 128, 1_800)), MetaResponse::RingEpoch(3));
         assert!(refusal(s.apply(&ring(0, 64, 3_000))).contains("ring: 0 shards"));

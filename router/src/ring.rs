@@ -75,10 +75,9 @@ use strata_shard::SeriesId;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Most virtual nodes one ring may have in all (shards × vnodes per shard): 4 Mi points take
-/// 64 MiB in the inner ring (16 bytes each), per distinct shape in a [`RingSet`]. The meta group
-/// bounds the two factors separately ([`RING_SHARDS_MAX`] × [`RING_VNODES_PER_SHARD_MAX`] is
-/// 2^28); it should refuse a product above this too, or a router cannot build that epoch.
-pub const RING_VNODES_MAX: u64 = 1 << 22;
+/// 64 MiB in the inner ring (16 bytes each), per distinct shape in a [`RingSet`]. The meta
+/// group refuses a larger ring with the same bound, so every epoch it accepts can be built.
+pub use strata_raft::meta::RING_VNODES_MAX;
 
 /// A shard of a ring with `n` shards: `0..n`. Its Raft group is [`group_of`] it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
