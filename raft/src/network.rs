@@ -37,11 +37,25 @@ use strata_shard::{Error, Fs, FsFile};
 
 use crate::registry::ProposeError;
 use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
-use crate::types::{Command, GroupId, NodeId, Response, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, SnapshotMeta, TypeConfig, Vote};
 
 pub mod grpc;
 pub mod local;
 mod wire;
+
+/// Sends a client proposal to another node (the router's half of a transport): what
+/// `GrpcRouter::propose` and `LocalRouter::propose` do, behind one trait so the write path
+/// works over either.
+pub trait Forwarder: Clone + Send + Sync + 'static {
+    fn forward(
+        &self,
+        to: NodeId,
+        info: &NodeInfo,
+        group: GroupId,
+        command: Command,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'static, Result<Response, ProposeError>>;
+}
 
 /// A transport as the registry uses it: per group, an openraft network factory whose clients
 /// carry that group's id in every message (N1) and stream [`SnapshotFiles`].

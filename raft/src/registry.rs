@@ -524,6 +524,11 @@ impl<T: Transport> Registry<T> {
             .is_some_and(|m| m.state == ServerState::Leader)
     }
 
+    /// The leader of `group` this replica knows of, with how to reach it.
+    pub fn leader_info(&self, group: GroupId) -> Option<(NodeId, NodeInfo)> {
+        self.leader_hint(group, self.leader(group))
+    }
+
     fn leader_hint(&self, group: GroupId, leader: Option<NodeId>) -> Option<(NodeId, NodeInfo)> {
         let leader = leader?;
         let metrics = self.metrics(group)?;

@@ -21,3 +21,4 @@
 
 pub mod remote_write;
 pub mod ring;
+pub mod write;

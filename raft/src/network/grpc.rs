@@ -66,7 +66,7 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{
-    HandlerError, HandlerResult, RaftHandler, Snapshot, SnapshotHeader, SnapshotPiece,
+    Forwarder, HandlerError, HandlerResult, RaftHandler, Snapshot, SnapshotHeader, SnapshotPiece,
     SnapshotReceiver, Transport, send_snapshot, wire,
 };
 use crate::codec::{self, put_entry, put_log_id, put_option};
@@ -370,6 +370,20 @@ impl GrpcRouter {
                 reason: "reply carries neither a response nor an error".into(),
             }),
         }
+    }
+}
+
+impl Forwarder for GrpcRouter {
+    fn forward(
+        &self,
+        to: NodeId,
+        info: &NodeInfo,
+        group: GroupId,
+        command: Command,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<crate::types::Response, ProposeError>> {
+        let (this, info) = (self.clone(), info.clone());
+        Box::pin(async move { this.propose(to, &info, group, &command, ttl).await })
     }
 }
 

@@ -19,7 +19,9 @@ use openraft::raft::{
 };
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 
-use super::{HandlerError, RaftHandler, Snapshot, SnapshotReceiver, Transport, send_snapshot};
+use super::{
+    Forwarder, HandlerError, RaftHandler, Snapshot, SnapshotReceiver, Transport, send_snapshot,
+};
 use crate::registry::ProposeError;
 use crate::snapshot::SnapshotFiles;
 use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, TypeConfig, Vote};
@@ -171,6 +173,27 @@ impl LocalRouter {
             });
         }
         reply
+    }
+}
+
+impl Forwarder for LocalRouter {
+    fn forward(
+        &self,
+        to: NodeId,
+        _info: &NodeInfo,
+        group: GroupId,
+        command: Command,
+        ttl: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Response, ProposeError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            tokio::time::timeout(ttl, this.propose(to, group, command))
+                .await
+                .unwrap_or(Err(ProposeError::Timeout {
+                    group,
+                    timeout: ttl,
+                }))
+        })
     }
 }
 
