@@ -320,3 +320,187 @@ fn failed(samples: u64, e: &ProposeError) -> ShardOutcome {
         busy: matches!(e, ProposeError::Busy { .. }),
     }
 }
+
+/// What a remote-write sender is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_s: Option<u64>,
+    /// The message (Prometheus senders log it).
+    pub body: String,
+}
+
+/// Engine refusal reasons that are limits a later retry can pass (the sender should back off
+/// and retry: 429), as opposed to bad data (400).
+const LIMIT_REASONS: [&str; 2] = ["series_limit_tenant", "series_limit_metric"];
+
+/// The answer to a decoded remote-write request and what writing it did, as senders expect:
+/// - 503 with `Retry-After` when a shard's batch failed for a reason a retry can fix (no quorum,
+///   leader moving, busy): the sender retries the whole request, and samples already written
+///   come back as duplicates (W2). The body names the failed shards and their sample counts.
+/// - 429 when the engine refused samples for a series limit (a retry can pass once series go
+///   inactive).
+/// - 400 when series or samples were refused as bad data (invalid labels, too old, a different
+///   value at a stored timestamp): the first error, and that the other samples were written.
+/// - 204 when everything was stored (duplicates of stored samples included).
+pub fn remote_write_answer(
+    decoded: &crate::remote_write::DecodedWrite,
+    report: &WriteReport,
+) -> HttpAnswer {
+    let failures: Vec<String> = report
+        .failures()
+        .filter_map(|(group, o)| match o {
+            ShardOutcome::Failed {
+                samples, reason, ..
+            } => Some(format!("shard group {group} ({samples} samples): {reason}")),
+            ShardOutcome::Applied { .. } => None,
+        })
+        .collect();
+    if !failures.is_empty() {
+        let busy = report
+            .failures()
+            .any(|(_, o)| matches!(o, ShardOutcome::Failed { busy: true, .. }));
+        return HttpAnswer {
+            status: 503,
+            retry_after_s: Some(if busy { 1 } else { 2 }),
+            body: format!(
+                "{} of {} shard batches were not written, retry: {}",
+                failures.len(),
+                report.shards.len(),
+                failures.join("; ")
+            ),
+        };
+    }
+    let mut engine_refusals: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut first_engine_error = None;
+    for outcome in report.shards.values() {
+        if let ShardOutcome::Applied {
+            rejected, errors, ..
+        } = outcome
+        {
+            for (reason, n) in rejected {
+                *engine_refusals.entry(reason.as_str()).or_default() += n;
+            }
+            first_engine_error = first_engine_error.or(errors.first());
+        }
+    }
+    let refused: u64 = engine_refusals.values().sum();
+    if engine_refusals.keys().any(|r| LIMIT_REASONS.contains(r)) {
+        return HttpAnswer {
+            status: 429,
+            retry_after_s: Some(30),
+            body: format!(
+                "{refused} samples refused by per-tenant series limits ({}), the other samples \
+                 were written: {}",
+                summary(&engine_refusals),
+                first_engine_error.map_or("", String::as_str)
+            ),
+        };
+    }
+    if let Some(message) = decoded.error_message() {
+        return HttpAnswer {
+            status: 400,
+            retry_after_s: None,
+            body: message,
+        };
+    }
+    if refused > 0 {
+        return HttpAnswer {
+            status: 400,
+            retry_after_s: None,
+            body: format!(
+                "{}; {refused} samples refused ({}), the other samples were written",
+                first_engine_error.map_or("samples refused", String::as_str),
+                summary(&engine_refusals)
+            ),
+        };
+    }
+    HttpAnswer {
+        status: 204,
+        retry_after_s: None,
+        body: String::new(),
+    }
+}
+
+fn summary(counts: &BTreeMap<&str, u64>) -> String {
+    counts
+        .iter()
+        .map(|(reason, n)| format!("{reason}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote_write::DecodedWrite;
+
+    fn applied(appended: u64, rejected: &[(&str, u64)], errors: &[&str]) -> ShardOutcome {
+        ShardOutcome::Applied {
+            appended,
+            duplicates: 0,
+            rejected: rejected.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn report(shards: Vec<(GroupId, ShardOutcome)>) -> WriteReport {
+        WriteReport {
+            ring_epoch: 1,
+            shards: shards.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn senders_get_the_status_that_makes_them_do_the_right_thing() {
+        let clean = DecodedWrite::default();
+        let ok = report(vec![(1, applied(10, &[], &[])), (2, applied(5, &[], &[]))]);
+        assert_eq!(remote_write_answer(&clean, &ok).status, 204);
+
+        let no_quorum = report(vec![
+            (1, applied(10, &[], &[])),
+            (
+                2,
+                ShardOutcome::Failed {
+                    samples: 5,
+                    reason: "group 2: not applied within 5s".into(),
+                    retryable: true,
+                    busy: false,
+                },
+            ),
+        ]);
+        let a = remote_write_answer(&clean, &no_quorum);
+        assert_eq!((a.status, a.retry_after_s), (503, Some(2)));
+        assert!(a.body.contains("shard group 2 (5 samples)"), "{}", a.body);
+
+        let limited = report(vec![(
+            1,
+            applied(3, &[("series_limit_tenant", 2)], &["tenant t: 1000 series"]),
+        )]);
+        let a = remote_write_answer(&clean, &limited);
+        assert_eq!(a.status, 429);
+        assert!(a.body.contains("series_limit_tenant: 2"), "{}", a.body);
+
+        let too_old = report(vec![(
+            1,
+            applied(
+                3,
+                &[("sample_too_old", 2)],
+                &["series up: sample at 5 is too old"],
+            ),
+        )]);
+        let a = remote_write_answer(&clean, &too_old);
+        assert_eq!(a.status, 400);
+        assert!(
+            a.body.starts_with("series up: sample at 5 is too old"),
+            "{}",
+            a.body
+        );
+        assert!(
+            a.body.contains("the other samples were written"),
+            "{}",
+            a.body
+        );
+    }
+}
