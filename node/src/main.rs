@@ -1,4 +1,4 @@
-//! The `strata` binary: one process per node.
+//! The `strata` binary: one process per node in production; `strata dev` runs three in one.
 //!
 //! - `strata demo` runs the storage engine of one shard on real files ([`strata_node::demo`]).
 //! - `strata dev` runs a three-node, three-zone cluster in one process on loopback until
