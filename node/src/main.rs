@@ -1,18 +1,30 @@
-//! The `strata` binary: one process per node.
+//! The `strata` binary: one process per node in production; `strata dev` runs three in one.
 //!
-//! Today it offers `strata demo`, which runs the storage engine of one shard on real files:
-//! the cluster (`strata start`, `strata dev`) arrives with the node/router issue.
-
-mod demo;
+//! - `strata demo` runs the storage engine of one shard on real files ([`strata_node::demo`]).
+//! - `strata dev` runs a three-node, three-zone cluster in one process on loopback until
+//!   Ctrl-C or SIGTERM ([`strata_node::cluster`]); started again on the same data directory it
+//!   resumes the same cluster.
+//!
+//! `strata start` (one node per process) arrives with the node/router issue.
 
 use std::path::PathBuf;
 
+use strata_node::{cluster, demo};
+
 const USAGE: &str = "\
 usage: strata demo [--data-dir DIR] [--hosts N] [--hours H]
+       strata dev [--data-dir DIR] [--shards N] [--base-port P]
 
   demo   ingest generated node_exporter-like data into one shard engine under DIR,
          seal it into block files, and print a query result and bytes per sample
-         (defaults: --data-dir ./strata-data --hosts 100 --hours 6)";
+         (defaults: --data-dir ./strata-data --hosts 100 --hours 6)
+
+  dev    run a 3-node, 3-zone cluster (nodes 1..3 in zone-a..c) in this process on
+         127.0.0.1 until Ctrl-C or SIGTERM: the meta group and N shard groups, each
+         replicated on all three nodes; node K serves Raft gRPC on port P+K-1 (P = 0: ports
+         the OS picks, printed). Data goes under DIR/node-K; started again on the same
+         DIR, it resumes that cluster (its ring and ports) instead of making a new one
+         (defaults: --data-dir ./strata-dev --shards 8 --base-port 0)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +53,40 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             demo::run(&opts)
+        }
+        Some("dev") => {
+            let mut opts = cluster::Options {
+                data_dir: PathBuf::from("./strata-dev"),
+                shards: cluster::SHARDS_DEFAULT,
+                base_port: 0,
+            };
+            let mut rest = args[1..].iter();
+            while let Some(flag) = rest.next() {
+                let mut value = || {
+                    rest.next()
+                        .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n\n{USAGE}"))
+                };
+                match flag.as_str() {
+                    "-h" | "--help" => {
+                        println!("{USAGE}");
+                        return Ok(());
+                    }
+                    "--data-dir" => opts.data_dir = PathBuf::from(value()?),
+                    "--shards" => {
+                        let v = value()?;
+                        opts.shards = u32::try_from(parse_positive(flag, v)?)
+                            .map_err(|_| anyhow::anyhow!("{flag}: {v} is too large"))?;
+                    }
+                    "--base-port" => {
+                        let v = value()?;
+                        opts.base_port = v.parse().map_err(|_| {
+                            anyhow::anyhow!("{flag} needs a port (0..=65535), got {v:?}")
+                        })?;
+                    }
+                    other => anyhow::bail!("unknown flag {other:?}\n\n{USAGE}"),
+                }
+            }
+            cluster::run(&opts)
         }
         Some("-h" | "--help") => {
             println!("{USAGE}");
