@@ -42,16 +42,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::http::HttpState;
 use strata_raft::meta::{MetaCommand, MetaResponse, MetaState};
 use strata_raft::network::grpc::{self, GrpcConfig, GrpcNetwork, GrpcRouter};
 use strata_raft::registry::{
     Consistency, MetaStoreKind, ProposeError, ReadError, Registry, RegistryConfig,
 };
 use strata_raft::types::{Command, GroupId, META_GROUP, NodeId, NodeInfo, Response};
+use strata_router::remote_write::RemoteWriteLimits;
 use strata_router::ring::{ShardId, group_of};
+use strata_router::write::{Writer, WriterConfig};
 use strata_shard::fs::write_file_atomic;
 use strata_shard::{Clock, StdFs, SystemClock};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 /// Nodes of a dev cluster: ids `1..=NODES`.
@@ -60,6 +64,9 @@ pub const NODES: u64 = 3;
 pub const ZONES: [&str; NODES as usize] = ["zone-a", "zone-b", "zone-c"];
 /// Shards of a fresh dev cluster's ring unless told otherwise.
 pub const SHARDS_DEFAULT: u32 = 8;
+/// Raft gRPC of node K on `BASE_PORT_DEFAULT + K - 1`, its HTTP API 100 ports higher: fixed
+/// defaults, so a Prometheus config can name them.
+pub const BASE_PORT_DEFAULT: u16 = 7001;
 /// Virtual nodes per shard of the dev ring.
 pub const VNODES_PER_SHARD: u32 = 256;
 /// The file that records the nodes' addresses (see the module doc).
@@ -68,6 +75,8 @@ pub const ADDRS_FILE: &str = "dev-cluster.addrs";
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between retries of a proposal or read that met no leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Remote-write requests one node handles at once; more get 503 + Retry-After.
+pub const HTTP_WRITES_IN_FLIGHT_MAX: usize = 64;
 /// Bound on a server's graceful stop before it is aborted.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,15 +85,25 @@ pub type Node = Arc<Registry<GrpcRouter>>;
 
 struct DevNode {
     registry: Node,
+    /// The node's side of the gRPC transport: forwards its router's writes to leaders.
+    router: GrpcRouter,
     info: NodeInfo,
     root: PathBuf,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), String>>,
 }
 
+/// A node's HTTP server: its address, its stop signal and its task.
+struct HttpServer {
+    addr: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
 /// A running dev cluster (module doc).
 pub struct Cluster {
     nodes: Vec<DevNode>,
+    http: Vec<HttpServer>,
     shards: u32,
     fresh: bool,
 }
@@ -171,6 +190,7 @@ impl Cluster {
 
         let mut cluster = Cluster {
             nodes: Vec::new(),
+            http: Vec::new(),
             shards,
             fresh,
         };
@@ -226,6 +246,7 @@ impl Cluster {
             .map_err(|e| e.to_string())
         });
         Ok(DevNode {
+            router: net.router(id),
             registry,
             info,
             root,
@@ -473,8 +494,64 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Stops every group of every node, then every server (D3).
+    /// Starts each node's HTTP API (remote write) on 127.0.0.1: node N on `base_port + N - 1`,
+    /// or ports the OS picks when `base_port` is 0. Returns the addresses, by node.
+    pub async fn serve_http(
+        &mut self,
+        base_port: u16,
+    ) -> anyhow::Result<BTreeMap<NodeId, std::net::SocketAddr>> {
+        let mut addrs = BTreeMap::new();
+        for node in &self.nodes {
+            let id = node.registry.node();
+            let port = if base_port == 0 {
+                0
+            } else {
+                base_port
+                    .checked_add(u16::try_from(id - 1)?)
+                    .context("HTTP port out of range")?
+            };
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("node {id}: bind HTTP on 127.0.0.1:{port}"))?;
+            let addr = listener.local_addr()?;
+            let writer = Writer::new(
+                Arc::clone(&node.registry),
+                node.router.clone(),
+                WriterConfig::default(),
+            );
+            let state = Arc::new(HttpState {
+                writer: Arc::new(writer),
+                limits: RemoteWriteLimits::default(),
+                multi_tenant: false,
+                in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
+            });
+            let (stop, stopped) = oneshot::channel::<()>();
+            let app = crate::http::routes(state);
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            addrs.insert(id, addr);
+            self.http.push(HttpServer { addr, stop, task });
+        }
+        Ok(addrs)
+    }
+
+    /// Stops the HTTP servers (no new writes), then every group of every node, then every
+    /// Raft server (D3).
     pub async fn shutdown(self) {
+        for h in self.http {
+            let _ = h.stop.send(());
+            match tokio::time::timeout(SERVER_STOP_TIMEOUT, h.task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("strata dev: HTTP server {} failed: {e}", h.addr),
+                Ok(Err(e)) => eprintln!("strata dev: HTTP server {} task failed: {e}", h.addr),
+                Err(_) => eprintln!("strata dev: HTTP server {} did not stop in time", h.addr),
+            }
+        }
         for n in &self.nodes {
             n.registry.shutdown().await;
         }
@@ -515,10 +592,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .build()
         .context("start the tokio runtime")?;
     runtime.block_on(async {
-        let cluster = Cluster::start_dev(&opts.data_dir, opts.shards, opts.base_port).await?;
+        let mut cluster = Cluster::start_dev(&opts.data_dir, opts.shards, opts.base_port).await?;
+        let http_base = if opts.base_port == 0 {
+            0
+        } else {
+            opts.base_port + 100
+        };
+        let http = cluster.serve_http(http_base).await?;
         match cluster.describe().await {
             Ok(lines) => print!("{lines}"),
             Err(e) => eprintln!("strata dev: describing the cluster failed: {e:#}"),
+        }
+        for (id, addr) in &http {
+            println!("node {id}: remote write at http://{addr}/api/v1/write");
         }
         println!("strata dev: running; Ctrl-C or SIGTERM stops it");
         let signal = wait_for_signal().await;

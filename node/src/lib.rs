@@ -14,3 +14,4 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod http;

@@ -21,10 +21,11 @@ usage: strata demo [--data-dir DIR] [--hosts N] [--hours H]
 
   dev    run a 3-node, 3-zone cluster (nodes 1..3 in zone-a..c) in this process on
          127.0.0.1 until Ctrl-C or SIGTERM: the meta group and N shard groups, each
-         replicated on all three nodes; node K serves Raft gRPC on port P+K-1 (P = 0: ports
-         the OS picks, printed). Data goes under DIR/node-K; started again on the same
-         DIR, it resumes that cluster (its ring and ports) instead of making a new one
-         (defaults: --data-dir ./strata-dev --shards 8 --base-port 0)";
+         replicated on all three nodes; node K serves Raft gRPC on port P+K-1 and
+         Prometheus remote write at http://127.0.0.1:(P+100+K-1)/api/v1/write (P = 0:
+         ports the OS picks, printed). Data goes under DIR/node-K; started again on the
+         same DIR, it resumes that cluster (its ring and ports) instead of making a new one
+         (defaults: --data-dir ./strata-dev --shards 8 --base-port 7001)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             let mut opts = cluster::Options {
                 data_dir: PathBuf::from("./strata-dev"),
                 shards: cluster::SHARDS_DEFAULT,
-                base_port: 0,
+                base_port: cluster::BASE_PORT_DEFAULT,
             };
             let mut rest = args[1..].iter();
             while let Some(flag) = rest.next() {
