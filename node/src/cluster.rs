@@ -518,6 +518,7 @@ impl Cluster {
                 Arc::clone(&node.registry),
                 node.router.clone(),
                 WriterConfig::default(),
+                Arc::new(SystemClock),
             );
             let state = Arc::new(HttpState {
                 writer: Arc::new(writer),

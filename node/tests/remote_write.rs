@@ -10,7 +10,7 @@ use strata_node::cluster::Cluster;
 use strata_proto::prometheus as pb;
 use strata_raft::registry::Consistency;
 use strata_router::ring::{Ring, group_of};
-use strata_shard::{Labels, SeriesKey, Tenant};
+use strata_shard::{Clock, Labels, SeriesKey, SystemClock, Tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct TempDir(PathBuf);
@@ -87,12 +87,13 @@ async fn remote_write_reaches_every_replica_of_each_series_shard() {
     let mut cluster = Cluster::start_dev(&dir.0, 4, 0).await.unwrap();
     let http = cluster.serve_http(0).await.unwrap();
 
-    // 60 series × 5 samples through node 1, 60 more through node 3.
+    // 60 series × 5 samples through node 1, 60 more through node 3, a minute old.
+    let start = SystemClock.now_ms() - 60_000;
     let batch = |from: usize| -> Vec<pb::TimeSeries> {
         (from..from + 60)
             .map(|i| {
                 let points: Vec<(i64, f64)> = (0..5)
-                    .map(|k| (1_700_000_000_000 + k * 15_000, (i * 10) as f64 + k as f64))
+                    .map(|k| (start + k * 15_000, (i * 10) as f64 + k as f64))
                     .collect();
                 series("node_load1", &format!("host-{i}"), &points)
             })
@@ -110,12 +111,8 @@ async fn remote_write_reaches_every_replica_of_each_series_shard() {
     assert_eq!(post(http[&2], &body(batch(0)), "snappy").await.0, 204);
 
     // A bad series among good ones: 400 naming it; the good one is written.
-    let mut bad = vec![series("ok_metric", "host-x", &[(1_700_000_000_000, 1.0)])];
-    bad.push(series(
-        "bad metric name",
-        "host-y",
-        &[(1_700_000_000_000, 2.0)],
-    ));
+    let mut bad = vec![series("ok_metric", "host-x", &[(start, 1.0)])];
+    bad.push(series("bad metric name", "host-y", &[(start, 2.0)]));
     let (status, text) = post(http[&2], &body(bad), "snappy").await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("bad metric name"), "{text}");

@@ -16,6 +16,10 @@
 //!   retry a no-op for what was stored (it reports those samples as duplicates).
 //! - W3. A retry goes to the same shard it was first routed to, never re-routed under a newer
 //!   epoch (that could store a sample in two shards).
+//! - W5. Only samples within `[now - accept_past_ms, now + accept_future_ms]` of the router's
+//!   clock (the `Clock` seam) are routed; the rest are refused per sample, named. The ring's
+//!   routing slack must cover this window, or a query after a ring change could miss a late
+//!   sample (ring H5, H6).
 //! - W4. Attempts per shard are bounded in number and in time ([`WriterConfig::attempts_max`],
 //!   [`WriterConfig::deadline`]) and each has a deadline; `Busy` is not retried here (the
 //!   caller answers 503 with `Retry-After`). One shard failing fails only its own samples.
@@ -28,7 +32,7 @@ use strata_raft::meta::MetaState;
 use strata_raft::network::{Forwarder, Transport};
 use strata_raft::registry::{Consistency, ProposeError, ReadError, Registry};
 use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, Response, WriteBatch};
-use strata_shard::{Sample, SeriesKey};
+use strata_shard::{Clock, Sample, SeriesKey};
 
 use crate::ring::{Ring, RingError, group_of};
 
@@ -44,6 +48,10 @@ pub struct WriterConfig {
     pub attempt_timeout: Duration,
     /// Pause before a retry that is not a first redirect to a named leader.
     pub backoff: Duration,
+    /// Oldest sample accepted, relative to the router's clock (W5).
+    pub accept_past_ms: i64,
+    /// Furthest-ahead sample accepted, relative to the router's clock (W5).
+    pub accept_future_ms: i64,
 }
 
 impl Default for WriterConfig {
@@ -53,6 +61,9 @@ impl Default for WriterConfig {
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(5),
             backoff: Duration::from_millis(100),
+            // What a Prometheus TSDB head takes (2 h), and Mimir's creation grace period.
+            accept_past_ms: 2 * 3_600_000,
+            accept_future_ms: 10 * 60_000,
         }
     }
 }
@@ -93,7 +104,14 @@ pub enum ShardOutcome {
 pub struct WriteReport {
     pub ring_epoch: u64,
     pub shards: BTreeMap<GroupId, ShardOutcome>,
+    /// Samples refused before routing for being outside the accepted time window (W5).
+    pub outside_window: u64,
+    /// The first of those refusals, naming series, timestamp and window.
+    pub outside_window_errors: Vec<String>,
 }
+
+/// How many time-window refusals a report keeps in full.
+const WINDOW_ERRORS_KEPT: usize = 10;
 
 impl WriteReport {
     pub fn appended(&self) -> u64 {
@@ -129,16 +147,23 @@ pub struct Writer<T: Transport + Forwarder> {
     registry: Arc<Registry<T>>,
     forwarder: T,
     config: WriterConfig,
+    clock: Arc<dyn Clock>,
     /// The ring of the newest epoch, rebuilt when the epoch changes (W1).
     ring: Mutex<Option<(u64, Arc<Ring>)>>,
 }
 
 impl<T: Transport + Forwarder> Writer<T> {
-    pub fn new(registry: Arc<Registry<T>>, forwarder: T, config: WriterConfig) -> Self {
+    pub fn new(
+        registry: Arc<Registry<T>>,
+        forwarder: T,
+        config: WriterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Writer {
             registry,
             forwarder,
             config,
+            clock,
             ring: Mutex::new(None),
         }
     }
@@ -175,8 +200,33 @@ impl<T: Transport + Forwarder> Writer<T> {
         series: Vec<(SeriesKey, Vec<Sample>)>,
     ) -> Result<WriteReport, RouteError> {
         let (epoch, ring, nodes) = self.routing().await?;
+        let now = self.clock.now_ms();
+        let (oldest, newest) = (
+            now.saturating_sub(self.config.accept_past_ms),
+            now.saturating_add(self.config.accept_future_ms),
+        );
+        let mut outside_window = 0;
+        let mut outside_window_errors = Vec::new();
         let mut per_group: BTreeMap<GroupId, Vec<(SeriesKey, Vec<Sample>)>> = BTreeMap::new();
-        for (key, samples) in series {
+        for (key, mut samples) in series {
+            samples.retain(|s| {
+                let inside = (oldest..=newest).contains(&s.ts_ms);
+                if !inside {
+                    outside_window += 1;
+                    if outside_window_errors.len() < WINDOW_ERRORS_KEPT {
+                        let side = if s.ts_ms < oldest { "older" } else { "newer" };
+                        outside_window_errors.push(format!(
+                            "series {key}: sample at {} is {side} than the accepted window \
+                             {oldest}..={newest} (now {now}, {} ms back, {} ms ahead)",
+                            s.ts_ms, self.config.accept_past_ms, self.config.accept_future_ms
+                        ));
+                    }
+                }
+                inside
+            });
+            if samples.is_empty() {
+                continue;
+            }
             let group = group_of(ring.shard_of(key.id()));
             per_group.entry(group).or_default().push((key, samples));
         }
@@ -208,6 +258,8 @@ impl<T: Transport + Forwarder> Writer<T> {
         Ok(WriteReport {
             ring_epoch: epoch,
             shards,
+            outside_window,
+            outside_window_errors,
         })
     }
 
@@ -398,6 +450,20 @@ pub fn remote_write_answer(
             ),
         };
     }
+    if report.outside_window > 0 {
+        return HttpAnswer {
+            status: 400,
+            retry_after_s: None,
+            body: format!(
+                "{}; {} samples outside the accepted time window, the other samples were written",
+                report
+                    .outside_window_errors
+                    .first()
+                    .map_or("", String::as_str),
+                report.outside_window
+            ),
+        };
+    }
     if let Some(message) = decoded.error_message() {
         return HttpAnswer {
             status: 400,
@@ -449,6 +515,7 @@ mod tests {
         WriteReport {
             ring_epoch: 1,
             shards: shards.into_iter().collect(),
+            ..WriteReport::default()
         }
     }
 

@@ -14,7 +14,7 @@ use strata_raft::types::{Command, GroupId, META_GROUP, NodeId, NodeInfo};
 use strata_router::ring::{Ring, ShardId, group_of};
 use strata_router::write::{ShardOutcome, Writer, WriterConfig};
 use strata_shard::sim_fs::SimFs;
-use strata_shard::{Labels, Sample, SeriesKey, Tenant};
+use strata_shard::{Clock, Labels, ManualClock, Sample, SeriesKey, Tenant};
 
 const SHARDS: u32 = 4;
 const VNODES: u32 = 64;
@@ -42,6 +42,8 @@ fn series(from: u64, to: u64, ts: i64) -> Vec<(SeriesKey, Vec<Sample>)> {
 
 struct Cluster {
     net: LocalNetwork,
+    /// The routers' clock: 10 s after the epoch, so the tests' sample times are recent.
+    clock: Arc<ManualClock>,
     nodes: BTreeMap<NodeId, Arc<Registry<LocalRouter>>>,
 }
 
@@ -57,7 +59,8 @@ impl Cluster {
             net.register(&handler);
             nodes.insert(id, node);
         }
-        let c = Cluster { net, nodes };
+        let clock = Arc::new(ManualClock::new(10_000));
+        let c = Cluster { net, clock, nodes };
         let members: BTreeMap<NodeId, NodeInfo> = (1..=3).map(|n| (n, info(n))).collect();
         let groups: Vec<GroupId> = std::iter::once(META_GROUP)
             .chain((0..SHARDS).map(|s| group_of(ShardId(s))))
@@ -135,6 +138,7 @@ impl Cluster {
             Arc::clone(&self.nodes[&node]),
             self.net.router(node),
             config,
+            Arc::clone(&self.clock) as Arc<dyn Clock>,
         )
     }
 
@@ -253,4 +257,23 @@ async fn a_shard_without_quorum_fails_only_its_own_samples() {
     let report = c.writer(entry).write(series(0, 50, 7_000)).await.unwrap();
     assert_eq!(report.failures().count(), 0, "{report:?}");
     assert_eq!(report.appended() + report.duplicates(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn samples_outside_the_accepted_window_are_refused_by_name_and_the_rest_written() {
+    let c = Cluster::bootstrap().await;
+    c.clock.set_ms(10 * 3_600_000);
+    let now = c.clock.now_ms();
+    let mut batch = series(0, 10, now - 60_000);
+    batch[3].1.push(Sample::new(now - 3 * 3_600_000, 1.0)); // 3 h old: past the 2 h window
+    batch[4].1 = vec![Sample::new(now + 3_600_000, 2.0)]; // an hour ahead: past 10 min
+    let report = c.writer(1).write(batch).await.unwrap();
+    assert_eq!(report.outside_window, 2);
+    assert_eq!(report.appended(), 9);
+    let first = &report.outside_window_errors[0];
+    assert!(
+        first.contains("host-3") && first.contains("older"),
+        "{first}"
+    );
+    assert!(report.outside_window_errors[1].contains("newer"));
 }
