@@ -96,7 +96,7 @@ async fn remote_write<T: Transport + Forwarder>(
         );
     }
     let decoded = decode_write_request(&body, &state.limits, &tenant);
-    let decoded = match decoded {
+    let mut decoded = match decoded {
         Ok(d) => d,
         Err(e) => {
             let status = StatusCode::from_u16(http_status(&Err(e.clone())))
@@ -104,7 +104,8 @@ async fn remote_write<T: Transport + Forwarder>(
             return text(status, e.to_string());
         }
     };
-    let series = decoded.series.clone();
+    // The series move into the write path; what the answer needs (errors, counts) stays.
+    let series = std::mem::take(&mut decoded.series);
     let report = match state.writer.write(series).await {
         Ok(r) => r,
         Err(e) => {

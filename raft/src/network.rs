@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use openraft::RaftNetworkFactory;
+use openraft::error::{NetworkError, RPCError, StreamingError, Unreachable};
 use openraft::network::NetSnapshot;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -90,6 +91,29 @@ pub enum HandlerError {
 }
 
 pub type HandlerResult<T> = Result<T, HandlerError>;
+
+impl HandlerError {
+    /// How a sender sees a receiver's refusal (N1): no replica there → unreachable (retry
+    /// later, it may not be created yet); anything else → a network error.
+    pub(crate) fn into_rpc_error(self) -> RPCError<TypeConfig> {
+        match self {
+            HandlerError::NoSuchGroup { .. } => RPCError::Unreachable(Unreachable::new(&self)),
+            HandlerError::Raft { .. } | HandlerError::Snapshot { .. } => {
+                RPCError::Network(NetworkError::new(&self))
+            }
+        }
+    }
+}
+
+/// An RPC error as a snapshot stream reports it.
+pub(crate) fn streaming_error(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Timeout(t) => StreamingError::Timeout(t),
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        other => StreamingError::Network(NetworkError::new(&other)),
+    }
+}
 
 /// The receiving side of Raft traffic on one node (implemented by the group registry).
 pub trait RaftHandler: Send + Sync + 'static {

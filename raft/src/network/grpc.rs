@@ -67,7 +67,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::{
     Forwarder, HandlerError, HandlerResult, RaftHandler, Snapshot, SnapshotHeader, SnapshotPiece,
-    SnapshotReceiver, Transport, send_snapshot, wire,
+    SnapshotReceiver, Transport, send_snapshot, streaming_error, wire,
 };
 use crate::codec::{self, put_entry, put_log_id, put_option};
 use crate::registry::ProposeError;
@@ -469,16 +469,6 @@ fn propose_error_from_pb(e: pb::ProposeError) -> ProposeError {
     }
 }
 
-/// How a sender sees a receiver's refusal: retry later (N1), as in `local`.
-fn handler_error(e: HandlerError) -> RPCError<TypeConfig> {
-    match e {
-        HandlerError::NoSuchGroup { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-        HandlerError::Raft { .. } | HandlerError::Snapshot { .. } => {
-            RPCError::Network(NetworkError::new(&e))
-        }
-    }
-}
-
 /// A gRPC failure: no connection → unreachable, a deadline → timeout, the rest → network.
 fn status_error(status: Status, timeout: Timeout<TypeConfig>) -> RPCError<TypeConfig> {
     match status.code() {
@@ -488,22 +478,13 @@ fn status_error(status: Status, timeout: Timeout<TypeConfig>) -> RPCError<TypeCo
     }
 }
 
-fn streaming_error(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
-    match e {
-        RPCError::Timeout(t) => StreamingError::Timeout(t),
-        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-        RPCError::Network(n) => StreamingError::Network(n),
-        other => StreamingError::Network(NetworkError::new(&other)),
-    }
-}
-
 /// The encoded response of a reply, or the peer's refusal as the sender sees it.
 fn reply_payload(reply: pb::RaftReply) -> Result<Vec<u8>, RPCError<TypeConfig>> {
     match reply.reply {
         Some(pb::raft_reply::Reply::Ok(bytes)) => Ok(bytes),
         Some(pb::raft_reply::Reply::Error(e)) => {
             let (node, group, message) = (e.node, e.group, e.message);
-            Err(handler_error(match Kind::try_from(e.kind) {
+            Err(match Kind::try_from(e.kind) {
                 Ok(Kind::NoSuchGroup) => HandlerError::NoSuchGroup { node, group },
                 Ok(Kind::Snapshot) => HandlerError::Snapshot {
                     node,
@@ -515,7 +496,8 @@ fn reply_payload(reply: pb::RaftReply) -> Result<Vec<u8>, RPCError<TypeConfig>> 
                     group,
                     message,
                 },
-            }))
+            }
+            .into_rpc_error())
         }
         None => Err(RPCError::Network(NetworkError::from_string(
             "reply carries neither a response nor an error",

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use openraft::RaftNetworkFactory;
-use openraft::error::{
-    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
-};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
@@ -21,6 +19,7 @@ use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 
 use super::{
     Forwarder, HandlerError, RaftHandler, Snapshot, SnapshotReceiver, Transport, send_snapshot,
+    streaming_error,
 };
 use crate::registry::ProposeError;
 use crate::snapshot::SnapshotFiles;
@@ -147,7 +146,7 @@ impl LocalRouter {
                 self.from
             ))));
         }
-        reply.map_err(handler_error)
+        reply.map_err(HandlerError::into_rpc_error)
     }
 }
 
@@ -194,16 +193,6 @@ impl Forwarder for LocalRouter {
                     timeout: ttl,
                 }))
         })
-    }
-}
-
-/// How a sender sees a receiver's refusal: retry later (N1).
-fn handler_error(e: HandlerError) -> RPCError<TypeConfig> {
-    match e {
-        HandlerError::NoSuchGroup { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-        HandlerError::Raft { .. } | HandlerError::Snapshot { .. } => {
-            RPCError::Network(NetworkError::new(&e))
-        }
     }
 }
 
@@ -307,10 +296,7 @@ impl GroupRouter<TypeConfig, GroupId> for LocalRouter {
                     format!("link {target}->{} is cut", this.from),
                 )));
             }
-            reply.map_err(|e| match handler_error(e) {
-                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                other => StreamingError::Network(NetworkError::new(&other)),
-            })
+            reply.map_err(|e| streaming_error(e.into_rpc_error()))
         }
     }
 }
