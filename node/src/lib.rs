@@ -3,9 +3,13 @@
 //! Its job, per DESIGN.md: config, wiring, HTTP and gRPC servers, admin API, CLI,
 //! self-metrics. What exists today:
 //! - [`demo`]: `strata demo`, the storage engine of one shard on real files.
-//! - [`cluster`]: `strata dev`, three nodes in three zones in one process on loopback: each a
-//!   `strata_raft::registry::Registry` serving Raft over gRPC on 127.0.0.1, the meta group and
-//!   the shard groups of the ring bootstrapped once and restarted from disk afterwards.
+//! - [`config`]: one node's configuration (TOML file, flags over it, single-node defaults).
+//! - [`server`]: one running node ([`server::NodeServer`]): registry, Raft gRPC server, HTTP
+//!   API and the control loop that forms the cluster, registers the node, places shard
+//!   replicas (meta leader), creates them, keeps memberships equal to placements and hands
+//!   leadership to preferred leaders. `strata start` runs one per process.
+//! - [`cluster`]: `strata dev`, three `NodeServer`s in three zones in one process on loopback,
+//!   formed once and restarted from disk afterwards.
 //!
 //! Invariants: the node binds loopback only in `strata dev` (D1 of [`cluster`]); every wall
 //! clock read goes through `strata_shard::Clock`; what a command starts, it stops.
@@ -13,5 +17,7 @@
 //! It is the only crate allowed to depend on every other; nothing depends on it.
 
 pub mod cluster;
+pub mod config;
 pub mod demo;
 pub mod http;
+pub mod server;

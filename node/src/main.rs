@@ -5,15 +5,31 @@
 //!   Ctrl-C or SIGTERM ([`strata_node::cluster`]); started again on the same data directory it
 //!   resumes the same cluster.
 //!
-//! `strata start` (one node per process) arrives with the node/router issue.
+//! - `strata start` runs one node of a cluster per process ([`strata_node::server`]),
+//!   configured by a TOML file ([`strata_node::config`]) and flags; bare, a single-node cluster.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use strata_node::{cluster, demo};
+use strata_node::config::NodeConfig;
+use strata_node::{cluster, demo, server};
 
 const USAGE: &str = "\
-usage: strata demo [--data-dir DIR] [--hosts N] [--hours H]
+usage: strata start [--config FILE] [--node-id N] [--zone Z] [--data-dir DIR]
+                    [--raft-addr HOST:PORT] [--http-addr HOST:PORT]
+                    [--peers ID@HOST:PORT,...] [--join ID@HOST:PORT,...]
+                    [--shards N] [--replication-factor R] [--multi-tenant true|false]
        strata dev [--data-dir DIR] [--shards N] [--base-port P]
+       strata demo [--data-dir DIR] [--hosts N] [--hours H]
+
+  start  run one node of a cluster until Ctrl-C or SIGTERM (then: stop taking writes,
+         finish in-flight ones, hand leadership to other nodes, stop). Flags override the
+         TOML file's keys of the same name (docs/configuration.md; deploy/strata.toml is an
+         example). With neither --peers nor --join the node is a cluster of its own (RF=1);
+         --peers lists the initial cluster (the same list on every member, this node
+         included); --join adds a new node to a running cluster through existing nodes
+         (defaults: node 1 in zone-a, data in ./strata-data, Raft gRPC on 127.0.0.1:7001,
+         remote write at http://127.0.0.1:7101/api/v1/write)
 
   demo   ingest generated node_exporter-like data into one shard engine under DIR,
          seal it into block files, and print a query result and bytes per sample
@@ -30,6 +46,37 @@ usage: strata demo [--data-dir DIR] [--hosts N] [--hours H]
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("start") => {
+            let mut file = None;
+            let mut flags = BTreeMap::new();
+            let mut rest = args[1..].iter();
+            while let Some(flag) = rest.next() {
+                if matches!(flag.as_str(), "-h" | "--help") {
+                    println!("{USAGE}");
+                    return Ok(());
+                }
+                let Some(name) = flag.strip_prefix("--") else {
+                    anyhow::bail!("unexpected argument {flag:?}\n\n{USAGE}");
+                };
+                let value = rest
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("{flag} needs a value\n\n{USAGE}"))?;
+                if name == "config" {
+                    file = Some(PathBuf::from(value));
+                } else {
+                    flags.insert(name.to_string(), value.clone());
+                }
+            }
+            let mut config = match &file {
+                Some(path) => NodeConfig::from_file(path)?,
+                None => NodeConfig::default(),
+            };
+            config
+                .apply_flags(&flags)
+                .map_err(|e| anyhow::anyhow!("{e:#}\n\n{USAGE}"))?;
+            config.validate()?;
+            server::run(&config)
+        }
         Some("demo") => {
             let mut opts = demo::Options {
                 data_dir: PathBuf::from("./strata-data"),

@@ -79,12 +79,23 @@ async fn check_meta(c: &Cluster) {
         (ring.shards, ring.vnodes_per_shard),
         (SHARDS, VNODES_PER_SHARD)
     );
-    let all: Vec<NodeId> = (1..=NODES).collect();
-    let expected = shard_groups()
-        .into_iter()
-        .map(|g| (g, all.clone()))
-        .collect();
-    assert_eq!(placements, expected);
+    // Every shard group on all three nodes; slot 0 (the preferred leader) spread over them.
+    let all: BTreeSet<NodeId> = (1..=NODES).collect();
+    assert_eq!(
+        placements.keys().copied().collect::<Vec<_>>(),
+        shard_groups()
+    );
+    let mut preferred = BTreeSet::new();
+    for (group, replicas) in &placements {
+        let set: BTreeSet<NodeId> = replicas.iter().copied().collect();
+        assert_eq!((set, replicas.len()), (all.clone(), 3), "group {group}");
+        preferred.insert(replicas[0]);
+    }
+    assert_eq!(
+        preferred.len(),
+        3,
+        "preferred leaders of 4 groups: {placements:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -719,12 +719,27 @@ impl<T: Transport> Registry<T> {
         node: NodeId,
         info: NodeInfo,
     ) -> Result<(), AdminError> {
+        self.add_learner(group, node, info, true).await?;
         let replica = self.leader_replica(group)?;
-        on_raft!(&replica.raft, raft => raft.add_learner(node, info, true).await)
-            .map_err(self.membership_error(group, "add learner"))?;
         let voters = ChangeMembers::AddVoterIds(BTreeSet::from([node]));
         on_raft!(&replica.raft, raft => raft.change_membership(voters, false).await)
             .map_err(self.membership_error(group, "promote learner"))?;
+        Ok(())
+    }
+
+    /// Adds `node` to `group` as a learner only (run on the leader): it receives the log and
+    /// can serve `Consistency::Any` reads but never votes. With `wait`, returns once the
+    /// learner has caught up; without, once the membership change is committed.
+    pub async fn add_learner(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        info: NodeInfo,
+        wait: bool,
+    ) -> Result<(), AdminError> {
+        let replica = self.leader_replica(group)?;
+        on_raft!(&replica.raft, raft => raft.add_learner(node, info, wait).await)
+            .map_err(self.membership_error(group, "add learner"))?;
         Ok(())
     }
 

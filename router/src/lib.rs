@@ -17,8 +17,13 @@
 //!   with per-series errors and the HTTP status a sender expects. Pure (no IO, no clock, no HTTP
 //!   types): the node binary serves `/api/v1/write` and calls it.
 //!
+//! - [`placement`]: which nodes hold each shard group's replicas ([`placement::plan`], pure:
+//!   distinct zones, stable, spread; slot 0 is the preferred leader), run by the meta
+//!   leader's controller in the node binary (P1–P4).
+//!
 //! Must not depend on: PromQL parsing (`strata-query-fanout`), the node binary.
 
+pub mod placement;
 pub mod remote_write;
 pub mod ring;
 pub mod write;
