@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Remote-write ingest benchmark: Strata RF=3 (`strata dev`, 3 nodes in one process), Strata
+# RF=1 (`strata start`, one node) and VictoriaMetrics, each started on loopback with a fresh
+# data directory and loaded at saturation by target/release/strata-bench. Per run it measures
+# the acknowledged samples/s, the system's CPU seconds during the load (utime + stime of its
+# process from /proc/PID/stat) and the generator's own CPU (bash `time`), and prints a markdown
+# table of medians over --runs runs. Method and caveats: docs/BENCHMARKS.md, "Ingest (remote
+# write)".
+#
+# usage: bench/ingest.sh [--runs N] [--systems "vm strata-rf1 strata-rf3"] [--series N]
+#                        [--points P] [--interval-ms MS] [--batch N] [--concurrency C]
+#                        [--shape node_exporter|tsbs-cpu] [--order rounds|pipelined]
+#                        [--no-build] [--keep] [--quick]
+#
+#   --quick     a functional check, not a measurement: 10 points per series, 1 run
+#   --no-build  use the binaries already in $CARGO_TARGET_DIR/release (default target/)
+#   --keep      keep the work directory (data, logs, per-run results)
+# Environment: VM_BIN (default /usr/bin/victoria-metrics), CARGO_TARGET_DIR,
+# STRATA_START_ARGS (extra flags for `strata start`), WORK_DIR (default a fresh mktemp -d).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUNS=3
+SYSTEMS="vm strata-rf1 strata-rf3"
+SERIES=10000
+# 10 000 series x 3 000 points = 30 M samples: >= 30 s of load for a system that takes
+# 1 M samples/s; the span (3 000 x 1 s = 50 min) stays inside Strata's 2 h window.
+POINTS=3000
+INTERVAL_MS=1000
+BATCH=2000
+# 10 000 series / 2 000 per request = 5 requests per scrape round, so 5 can be in flight.
+CONCURRENCY=5
+SHAPE=node_exporter
+ORDER=rounds
+BUILD=1
+KEEP=0
+VM_BIN=${VM_BIN:-/usr/bin/victoria-metrics}
+STRATA_START_ARGS=${STRATA_START_ARGS:-}
+
+die() { echo "ingest.sh: $*" >&2; exit 1; }
+say() { echo "ingest.sh: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --systems) SYSTEMS=$2; shift 2 ;;
+    --series) SERIES=$2; shift 2 ;;
+    --points) POINTS=$2; shift 2 ;;
+    --interval-ms) INTERVAL_MS=$2; shift 2 ;;
+    --batch) BATCH=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --shape) SHAPE=$2; shift 2 ;;
+    --order) ORDER=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --keep) KEEP=1; shift ;;
+    --quick) POINTS=10; RUNS=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+done
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+STRATA=$TARGET_DIR/release/strata
+GEN=$TARGET_DIR/release/strata-bench
+CLK_TCK=$(getconf CLK_TCK)
+
+if [ "$BUILD" = 1 ]; then
+  say "building release binaries (strata, strata-bench) into $TARGET_DIR"
+  (cd "$ROOT" && cargo build --release -p strata-node --bin strata -p strata-bench) >&2
+fi
+[ -x "$STRATA" ] || die "$STRATA missing (build it, or drop --no-build)"
+[ -x "$GEN" ] || die "$GEN missing (build it, or drop --no-build)"
+
+WORK_DIR=${WORK_DIR:-$(mktemp -d /tmp/strata-ingest.XXXXXX)}
+mkdir -p "$WORK_DIR"
+SYS_PID=""
+cleanup() {
+  if [ -n "$SYS_PID" ] && kill -0 "$SYS_PID" 2>/dev/null; then
+    kill -TERM "$SYS_PID" 2>/dev/null || true
+    wait "$SYS_PID" 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 1 ]; then say "kept $WORK_DIR"; else rm -rf "$WORK_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the
+# command name in field 2 may hold spaces, so count from the closing parenthesis).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+port_in_use() { ss -Htln "sport = :$1" | grep -q .; }
+
+free_port() {
+  local p
+  for _ in $(seq 1 100); do
+    p=$((20000 + RANDOM % 20000))
+    port_in_use "$p" || { echo "$p"; return; }
+  done
+  die "no free port found"
+}
+
+# Waits until FILE has N lines announcing a remote-write URL, or the process died.
+wait_for_urls() {
+  local file=$1 n=$2 pid=$3 what=$4
+  for _ in $(seq 1 600); do
+    if [ "$(grep -c 'remote write at http' "$file" 2>/dev/null || true)" -ge "$n" ]; then
+      # A URL ends at a space or a comma (`strata start` prints more after it on its line).
+      grep -o 'remote write at http://[^ ,]*' "$file" | sed 's/^remote write at //' | head -n "$n"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "$what exited while starting"; }
+    sleep 0.2
+  done
+  die "$what did not announce $n remote-write URL(s) within 120 s (log: $file)"
+}
+
+stop_system() {
+  [ -n "$SYS_PID" ] || return 0
+  kill -TERM "$SYS_PID" 2>/dev/null || true
+  for _ in $(seq 1 300); do
+    kill -0 "$SYS_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$SYS_PID" 2>/dev/null; then
+    say "pid $SYS_PID did not stop within 60 s of SIGTERM; killing it"
+    kill -KILL "$SYS_PID" 2>/dev/null || true
+  fi
+  wait "$SYS_PID" 2>/dev/null || true
+  SYS_PID=""
+}
+
+strata_has_start() { "$STRATA" start --help >/dev/null 2>&1; }
+
+# Starts SYSTEM with data under DIR; sets SYS_PID and URLS (one URL per line).
+start_system() {
+  local system=$1 dir=$2 log=$2.log
+  mkdir -p "$dir"
+  case "$system" in
+    vm)
+      local port
+      port=$(free_port)
+      "$VM_BIN" -storageDataPath="$dir" -httpListenAddr="127.0.0.1:$port" \
+        -search.latencyOffset=0s -search.disableCache >"$log" 2>&1 &
+      SYS_PID=$!
+      for _ in $(seq 1 300); do
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+        kill -0 "$SYS_PID" 2>/dev/null || { cat "$log" >&2; die "victoria-metrics exited"; }
+        sleep 0.2
+      done
+      curl -sf "http://127.0.0.1:$port/health" >/dev/null || die "victoria-metrics not healthy"
+      URLS="http://127.0.0.1:$port/api/v1/write"
+      ;;
+    strata-rf3)
+      "$STRATA" dev --data-dir "$dir" --base-port 0 >"$log" 2>&1 &
+      SYS_PID=$!
+      URLS=$(wait_for_urls "$log" 3 "$SYS_PID" "strata dev")
+      ;;
+    strata-rf1)
+      # One node, a cluster of its own. Free ports when `strata start` takes them (else it
+      # listens on 7001 for Raft and 7101 for HTTP, checked free before the runs).
+      local args=()
+      if [ -n "$STRATA_START_ARGS" ]; then
+        # shellcheck disable=SC2206 # STRATA_START_ARGS is a list of flags.
+        args=($STRATA_START_ARGS)
+      else
+        local help
+        help=$("$STRATA" start --help 2>&1 || true)
+        if grep -q -- '--http-addr' <<<"$help" && grep -q -- '--raft-addr' <<<"$help"; then
+          args+=(--raft-addr "127.0.0.1:$(free_port)" --http-addr "127.0.0.1:$(free_port)")
+        fi
+        if grep -q -- '--replication-factor' <<<"$help"; then
+          args+=(--replication-factor 1)
+        fi
+      fi
+      "$STRATA" start --data-dir "$dir" "${args[@]}" >"$log" 2>&1 &
+      SYS_PID=$!
+      URLS=$(wait_for_urls "$log" 1 "$SYS_PID" "strata start")
+      ;;
+    *) die "unknown system $system (vm, strata-rf1, strata-rf3)" ;;
+  esac
+}
+
+durability() {
+  case "$1" in
+    vm) echo "none before ack: rows buffered in memory, flushed to disk every few seconds, no fsync per request" ;;
+    strata-rf3) echo "WAL fsynced on a quorum (2 of 3 replicas) before ack" ;;
+    strata-rf1) echo "WAL fsynced on its one replica before ack" ;;
+  esac
+}
+
+label() {
+  case "$1" in
+    vm)
+      # Debian's build prints no -version; ask the package manager instead.
+      local v
+      v=$("$VM_BIN" -version 2>&1 | head -n1)
+      [ -n "$v" ] || v=$(dpkg-query -W -f='${Version}' victoria-metrics 2>/dev/null || true)
+      echo "VictoriaMetrics ${v:-(version unknown)}" ;;
+    strata-rf3) echo "Strata RF=3 (strata dev: 3 nodes, 3 zones, 1 process)" ;;
+    strata-rf1) echo "Strata RF=1 (strata start: 1 node)" ;;
+  esac
+}
+
+# RESULT line field.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+RESULTS=$WORK_DIR/results.tsv
+: >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "work directory $WORK_DIR; $(nproc) CPUs; load average $LOAD_BEFORE"
+say "load: $SERIES $SHAPE series x $POINTS points every $INTERVAL_MS ms, batch $BATCH, concurrency $CONCURRENCY, order $ORDER; $RUNS run(s) per system"
+
+RAN=""
+for system in $SYSTEMS; do
+  if [ "$system" = strata-rf1 ]; then
+    if ! strata_has_start; then
+      say "SKIP strata-rf1: this strata binary has no 'strata start' yet (rebase on main once it lands)"
+      continue
+    fi
+    if [ -z "$STRATA_START_ARGS" ] && ! "$STRATA" start --help 2>&1 | grep -q -- '--http-addr' \
+      && { port_in_use 7001 || port_in_use 7101; }; then
+      say "SKIP strata-rf1: 'strata start' listens on 7001/7101 by default and one is in use"
+      continue
+    fi
+  fi
+  if [ "$system" = vm ] && [ ! -x "$VM_BIN" ]; then
+    say "SKIP vm: $VM_BIN not found"
+    continue
+  fi
+  RAN="$RAN $system"
+  for run in $(seq 1 "$RUNS"); do
+    dir=$WORK_DIR/$system-$run
+    start_system "$system" "$dir"
+    mapfile -t urls <<<"$URLS"
+    url_args=()
+    for u in "${urls[@]}"; do url_args+=(--url "$u"); done
+    before=$(cpu_ticks "$SYS_PID")
+    TIMEFORMAT='%U %S'
+    { time "$GEN" "${url_args[@]}" --series "$SERIES" --points "$POINTS" \
+        --interval-ms "$INTERVAL_MS" --batch "$BATCH" --concurrency "$CONCURRENCY" \
+        --shape "$SHAPE" --order "$ORDER" --seed "$run" --progress-s 0 \
+        >"$dir.gen.out" 2>"$dir.gen.err"; } 2>"$dir.gen.time" \
+      || { cat "$dir.gen.err" >&2; die "$system run $run: the generator failed (see above)"; }
+    after=$(cpu_ticks "$SYS_PID")
+    stop_system
+    result=$(grep '^RESULT ' "$dir.gen.out") || die "$system run $run: no RESULT line in $dir.gen.out"
+    samples=$(field "$result" samples)
+    rate=$(field "$result" samples_per_s)
+    p99=$(field "$result" p99_ms)
+    errors=$(field "$result" errors)
+    failed=$(field "$result" failed_samples)
+    [ "$failed" = 0 ] || say "WARNING: $system run $run: $failed samples were refused or given up on (errors $errors; see $dir.gen.err); samples/s counts acknowledged samples only"
+    read -r gen_user gen_sys <"$dir.gen.time"
+    sys_cpu=$(awk -v a="$before" -v b="$after" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+    per_m=$(awk -v c="$sys_cpu" -v s="$samples" 'BEGIN { printf "%.3f", c / (s / 1e6) }')
+    gen_per_m=$(awk -v u="$gen_user" -v y="$gen_sys" -v s="$samples" 'BEGIN { printf "%.3f", (u + y) / (s / 1e6) }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$system" "$run" "$rate" "$sys_cpu" "$per_m" "$gen_per_m" "$p99" "$errors" >>"$RESULTS"
+    say "$system run $run/$RUNS: $rate samples/s, system CPU $sys_cpu s = $per_m CPU-s per M samples, generator $gen_per_m CPU-s per M, p99 $p99 ms, errors $errors"
+    rm -rf "$dir"
+  done
+done
+
+[ -n "$RAN" ] || die "no system ran"
+
+col() { awk -F'\t' -v s="$1" -v c="$2" '$1 == s { print $c }' "$RESULTS" | median; }
+vm_rate=""; vm_cpu=""
+case " $RAN " in *" vm "*) vm_rate=$(col vm 3); vm_cpu=$(col vm 5) ;; esac
+
+echo
+echo "Remote-write ingest, medians of $RUNS run(s): $SERIES $SHAPE series x $POINTS points every ${INTERVAL_MS} ms, batch $BATCH, concurrency $CONCURRENCY, order $ORDER; $(nproc) CPUs, load average before $LOAD_BEFORE, $(date -u +%Y-%m-%d), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo
+echo "| system | durability at ack | samples/s | CPU-s per M samples | samples/s vs VM | CPU per sample vs VM | generator CPU-s per M | p99 write | errors |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for system in $RAN; do
+  rate=$(col "$system" 3)
+  per_m=$(col "$system" 5)
+  gen=$(col "$system" 6)
+  p99=$(col "$system" 7)
+  errors=$(awk -F'\t' -v s="$system" '$1 == s { print $8 }' "$RESULTS" | sort -u | paste -sd' ')
+  if [ -n "$vm_rate" ]; then
+    r_rate=$(awk -v a="$rate" -v b="$vm_rate" 'BEGIN { printf "%.2f", a / b }')
+    r_cpu=$(awk -v a="$per_m" -v b="$vm_cpu" 'BEGIN { printf "%.2f", a / b }')
+  else
+    r_rate="n/a"; r_cpu="n/a"
+  fi
+  printf '| %s | %s | %.0f | %.3f | %s | %s | %.3f | %.1f ms | %s |\n' \
+    "$(label "$system")" "$(durability "$system")" "$rate" "$per_m" "$r_rate" "$r_cpu" "$gen" "$p99" "$errors"
+done
