@@ -5,6 +5,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/raft.proto",
+        "proto/api.proto",
         "proto/prompb/remote.proto",
         "proto/prompb/types.proto",
     ];

@@ -1,11 +1,9 @@
 //! The node's HTTP API. Today: Prometheus remote-write 1.0 at `POST /api/v1/write`.
 //!
-//! A request is: tenant from `X-Scope-OrgID` (validated; the default tenant when multi-tenancy
-//! is off) → admission (a bounded number of requests in flight, else 503 + `Retry-After`:
-//! never unbounded buffering) → body size checked by the server before it is read whole, then
-//! decoded and validated (`strata_router::remote_write`: sizes before and after Snappy) → the
-//! write path (`strata_router::write::Writer`) → the status senders expect
-//! (`strata_router::write::remote_write_answer`).
+//! The server refuses a body over the compressed limit before reading it whole, and a
+//! `Content-Encoding` other than Snappy (415); everything else about a write request —
+//! admission, tenant (`X-Scope-OrgID`), decoding, the write path, the status — is
+//! [`crate::ingest`], shared with the gRPC `Write`.
 
 use std::sync::Arc;
 
@@ -16,23 +14,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use strata_raft::network::{Forwarder, Transport};
-use strata_router::remote_write::{RemoteWriteLimits, decode_write_request, http_status};
-use strata_router::write::{Writer, remote_write_answer};
-use strata_shard::Tenant;
+use strata_router::remote_write::RemoteWriteLimits;
+use strata_router::write::Writer;
 use tokio::sync::Semaphore;
 
-/// The tenant header of Cortex, Mimir and Loki, which Prometheus and vmagent can set.
-pub const TENANT_HEADER: &str = "X-Scope-OrgID";
-/// The tenant of every request when multi-tenancy is off (Mimir's name for it).
-pub const DEFAULT_TENANT: &str = "anonymous";
+use crate::ingest::{TENANT_HEADER, ingest};
 
-/// What the HTTP handlers share.
+/// What the write front ends (HTTP and gRPC) share.
 pub struct HttpState<T: Transport + Forwarder> {
     pub writer: Arc<Writer<T>>,
     pub limits: RemoteWriteLimits,
-    /// Whether `X-Scope-OrgID` picks the tenant (else every write goes to [`DEFAULT_TENANT`]).
+    /// Whether `X-Scope-OrgID` picks the tenant (else every write goes to the default tenant).
     pub multi_tenant: bool,
-    /// Remote-write requests being handled at once, at most.
+    /// Write requests being handled at once, at most.
     pub in_flight: Arc<Semaphore>,
 }
 
@@ -50,43 +44,11 @@ fn text(status: StatusCode, body: String) -> Response {
     (status, body).into_response()
 }
 
-/// The tenant of a request, or why the header is refused.
-fn tenant(headers: &HeaderMap, multi_tenant: bool) -> Result<Tenant, String> {
-    let default = || Tenant::new(DEFAULT_TENANT).map_err(|e| e.to_string());
-    if !multi_tenant {
-        return default();
-    }
-    match headers.get(TENANT_HEADER) {
-        None => Err(format!(
-            "multi-tenancy is on: the {TENANT_HEADER} header must name the tenant"
-        )),
-        Some(v) => {
-            let id = v
-                .to_str()
-                .map_err(|_| format!("{TENANT_HEADER} is not visible ASCII"))?;
-            Tenant::new(id).map_err(|e| format!("{TENANT_HEADER}: {e}"))
-        }
-    }
-}
-
 async fn remote_write<T: Transport + Forwarder>(
     State(state): State<Arc<HttpState<T>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many remote-write requests in flight on this node, retry".into(),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
-    };
-    let tenant = match tenant(&headers, state.multi_tenant) {
-        Ok(t) => t,
-        Err(why) => return text(StatusCode::BAD_REQUEST, why),
-    };
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
         && !encoding.as_bytes().eq_ignore_ascii_case(b"snappy")
     {
@@ -95,27 +57,18 @@ async fn remote_write<T: Transport + Forwarder>(
             format!("Content-Encoding {encoding:?}: remote write 1.0 bodies are snappy"),
         );
     }
-    let decoded = decode_write_request(&body, &state.limits, &tenant);
-    let mut decoded = match decoded {
-        Ok(d) => d,
-        Err(e) => {
-            let status = StatusCode::from_u16(http_status(&Err(e.clone())))
-                .unwrap_or(StatusCode::BAD_REQUEST);
-            return text(status, e.to_string());
+    let tenant = match headers.get(TENANT_HEADER).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) if !state.multi_tenant => None,
+        Some(Err(_)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{TENANT_HEADER} is not visible ASCII"),
+            );
         }
     };
-    // The series move into the write path; what the answer needs (errors, counts) stays.
-    let series = std::mem::take(&mut decoded.series);
-    let report = match state.writer.write(series).await {
-        Ok(r) => r,
-        Err(e) => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return r;
-        }
-    };
-    let answer = remote_write_answer(&decoded, &report);
+    let answer = ingest(&state, tenant, &body).await.answer;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = text(status, answer.body);
     if let Some(secs) = answer.retry_after_s

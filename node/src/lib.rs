@@ -8,6 +8,8 @@
 //!   API and the control loop that forms the cluster, registers the node, places shard
 //!   replicas (meta leader), creates them, keeps memberships equal to placements and hands
 //!   leadership to preferred leaders. `strata start` runs one per process.
+//! - [`ingest`]: one write request, whichever front end it came over ([`http`]: remote write
+//!   at `POST /api/v1/write`; [`grpc_api`]: the gRPC `Write`).
 //! - [`cluster`]: `strata dev`, three `NodeServer`s in three zones in one process on loopback,
 //!   formed once and restarted from disk afterwards.
 //!
@@ -19,5 +21,7 @@
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod grpc_api;
 pub mod http;
+pub mod ingest;
 pub mod server;

@@ -1,5 +1,5 @@
-//! One running node: its registry of Raft replicas, its gRPC server, its HTTP API and its
-//! control loop. `strata start` runs one per process; `strata dev` runs three in one.
+//! One running node: its registry of Raft replicas, its gRPC server (Raft traffic and the
+//! public API of [`crate::grpc_api`]), its HTTP API and its control loop. `strata start` runs one per process; `strata dev` runs three in one.
 //!
 //! ## The control loop (every [`TICK`], on every node)
 //! Every step only adds what is missing and is safe to repeat, so a node that crashes
@@ -101,8 +101,9 @@ pub struct NodeServer {
     settings: Settings,
     registry: Node,
     router: GrpcRouter,
+    /// What both write front ends (HTTP, gRPC) share.
+    write_state: Arc<HttpState<GrpcRouter>>,
     root: PathBuf,
-    multi_tenant: bool,
     raft_stop: oneshot::Sender<()>,
     raft_server: JoinHandle<Result<(), String>>,
     control_stop: watch::Sender<bool>,
@@ -136,10 +137,26 @@ impl NodeServer {
         let registry = Registry::open(registry_config, net.router(id))
             .await
             .with_context(|| format!("node {id}: open its data at {}", root.display()))?;
+        let router = net.router(id);
+        let writer = Writer::new(
+            Arc::clone(&registry),
+            router.clone(),
+            WriterConfig::default(),
+            Arc::new(SystemClock),
+        );
+        // One write state for both front ends: they share the in-flight bound.
+        let write_state = Arc::new(HttpState {
+            writer: Arc::new(writer),
+            limits: RemoteWriteLimits::default(),
+            multi_tenant: config.multi_tenant,
+            in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
+        });
         let (raft_stop, stopped) = oneshot::channel::<()>();
-        let handler = Arc::clone(&registry);
+        let handler: Arc<dyn strata_raft::network::RaftHandler> = Arc::clone(&registry) as _;
+        let routes = tonic::service::Routes::new(grpc::service(handler))
+            .add_service(crate::grpc_api::service(Arc::clone(&write_state)));
         let raft_server = tokio::spawn(async move {
-            grpc::serve_tcp(handler, raft_listener, async {
+            grpc::serve_tcp_routes(routes, raft_listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -171,9 +188,9 @@ impl NodeServer {
         Ok(NodeServer {
             settings,
             registry,
-            router: net.router(id),
+            router,
+            write_state,
             root,
-            multi_tenant: config.multi_tenant,
             raft_stop,
             raft_server,
             control_stop,
@@ -260,18 +277,7 @@ impl NodeServer {
             self.id()
         );
         let addr = listener.local_addr()?;
-        let writer = Writer::new(
-            Arc::clone(&self.registry),
-            self.router.clone(),
-            WriterConfig::default(),
-            Arc::new(SystemClock),
-        );
-        let state = Arc::new(HttpState {
-            writer: Arc::new(writer),
-            limits: RemoteWriteLimits::default(),
-            multi_tenant: self.multi_tenant,
-            in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
-        });
+        let state = Arc::clone(&self.write_state);
         let (stop, stopped) = oneshot::channel::<()>();
         let app = crate::http::routes(state);
         let task = tokio::spawn(async move {

@@ -148,3 +148,83 @@ async fn remote_write_reaches_every_replica_of_each_series_shard() {
     }
     cluster.shutdown().await;
 }
+
+/// The gRPC `Write` takes the same body as remote write and answers with the same rules: OK
+/// with counts, a retry is all duplicates, a bad series is INVALID_ARGUMENT naming it (with
+/// the reply in the status details) while the valid series are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_write_answers_like_remote_write() {
+    use strata_proto::api;
+    let dir = TempDir(std::env::temp_dir().join(format!("strata-gw-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let cluster = Cluster::start_dev(&dir.0, 2, 0).await.unwrap();
+    let addr = cluster.members()[&2].addr.clone();
+    let mut client = api::strata_client::StrataClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let start = SystemClock.now_ms() - 30_000;
+    let good: Vec<pb::TimeSeries> = (0..10)
+        .map(|i| {
+            series(
+                "grpc_metric",
+                &format!("h{i}"),
+                &[(start, 1.0), (start + 1, 2.0)],
+            )
+        })
+        .collect();
+    let request = |ts: Vec<pb::TimeSeries>| api::WriteRequest {
+        tenant: String::new(),
+        snappy_write_request: body(ts),
+    };
+    let reply = client
+        .write(request(good.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.appended, reply.duplicates, reply.rejected),
+        (20, 0, 0)
+    );
+    assert!(reply.ring_epoch >= 1 && reply.failed_shards.is_empty());
+    let again = client.write(request(good)).await.unwrap().into_inner();
+    assert_eq!((again.appended, again.duplicates), (0, 20));
+
+    let mixed = vec![
+        series("grpc_metric", "ok", &[(start, 3.0)]),
+        series("bad metric name", "x", &[(start, 4.0)]),
+    ];
+    let status = client.write(request(mixed)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("bad metric name"), "{status:?}");
+    let detail = api::WriteReply::decode(status.details()).unwrap();
+    assert_eq!((detail.appended, detail.rejected), (1, 1), "{detail:?}");
+    assert!(detail.errors[0].contains("bad metric name"), "{detail:?}");
+
+    let k = key("grpc_metric", "ok");
+    let ring = Ring::new(2, strata_node::cluster::VNODES_PER_SHARD).unwrap();
+    let group = group_of(ring.shard_of(k.id()));
+    let stored = cluster
+        .node(2)
+        .read(group, Consistency::Strong, |e| {
+            e.read_series(&k, 0, i64::MAX / 4)
+        })
+        .await;
+    // Node 2 may not lead the group: then the strong read names the leader; ask it.
+    let stored = match stored {
+        Ok(s) => s.unwrap(),
+        Err(_) => {
+            let leader = cluster.wait_for_leader(group).await.unwrap();
+            cluster
+                .node(leader)
+                .read(group, Consistency::Strong, |e| {
+                    e.read_series(&k, 0, i64::MAX / 4)
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    assert_eq!(stored.len(), 1);
+    drop(client);
+    cluster.shutdown().await;
+}

@@ -13,6 +13,12 @@ pub mod raft {
     tonic::include_proto!("strata.raft.v1");
 }
 
+/// The public API (remote-write-shaped `Write`): package `strata.api.v1`, served by the node.
+pub mod api {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strata.api.v1");
+}
+
 /// Prometheus remote-write 1.0 messages: package `prometheus` (upstream `prompb`), messages only.
 /// Decoded by `strata-router`'s `remote_write` module.
 pub mod prometheus {

@@ -61,6 +61,7 @@ use strata_proto::raft::raft_error::Kind;
 use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use strata_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -806,6 +807,16 @@ pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tcp_routes(Routes::new(service(handler)), listener, shutdown).await
+}
+
+/// Serves `routes` (the Raft service of [`service`] and whatever the node adds beside it, such
+/// as its public API) on a bound tokio TCP listener until `shutdown` completes.
+pub async fn serve_tcp_routes(
+    routes: Routes,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let incoming = futures::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(stream, _)| {
             // Best effort: a socket without TCP_NODELAY still works, only slower.
@@ -814,7 +825,10 @@ pub async fn serve_tcp(
         });
         Some((accepted, listener))
     });
-    serve(handler, incoming, shutdown).await
+    Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 fn ok_reply<T>(v: &T, put: impl Fn(&mut Vec<u8>, &T)) -> pb::RaftReply {
