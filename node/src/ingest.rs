@@ -101,7 +101,10 @@ mod tests {
 
     #[test]
     fn the_tenant_comes_from_the_request_only_when_multi_tenancy_is_on() {
-        assert_eq!(tenant(Some("team-a"), false).unwrap().as_str(), DEFAULT_TENANT);
+        assert_eq!(
+            tenant(Some("team-a"), false).unwrap().as_str(),
+            DEFAULT_TENANT
+        );
         assert_eq!(tenant(None, false).unwrap().as_str(), DEFAULT_TENANT);
         assert_eq!(tenant(Some("team-a"), true).unwrap().as_str(), "team-a");
         let missing = tenant(None, true).unwrap_err();

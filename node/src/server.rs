@@ -216,6 +216,11 @@ impl NodeServer {
         &self.router
     }
 
+    /// The node's write path (what both write front ends call).
+    pub fn writer(&self) -> &Writer<GrpcRouter> {
+        &self.write_state.writer
+    }
+
     /// The address of the HTTP API, once served.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(|h| h.addr)
