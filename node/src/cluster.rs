@@ -98,6 +98,8 @@ struct HttpServer {
     addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    /// Samples the node's Raft state for its `/metrics` page.
+    sampler: crate::metrics::Sampler,
 }
 
 /// A running dev cluster (module doc).
@@ -525,7 +527,9 @@ impl Cluster {
                 limits: RemoteWriteLimits::default(),
                 multi_tenant: false,
                 in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
+                metrics: crate::metrics::NodeMetrics::new(id),
             });
+            let sampler = crate::metrics::spawn_sampler(Arc::clone(&node.registry));
             let (stop, stopped) = oneshot::channel::<()>();
             let app = crate::http::routes(state);
             let task = tokio::spawn(async move {
@@ -536,7 +540,12 @@ impl Cluster {
                     .await
             });
             addrs.insert(id, addr);
-            self.http.push(HttpServer { addr, stop, task });
+            self.http.push(HttpServer {
+                addr,
+                stop,
+                task,
+                sampler,
+            });
         }
         Ok(addrs)
     }
@@ -552,6 +561,7 @@ impl Cluster {
                 Ok(Err(e)) => eprintln!("strata dev: HTTP server {} task failed: {e}", h.addr),
                 Err(_) => eprintln!("strata dev: HTTP server {} did not stop in time", h.addr),
             }
+            h.sampler.stop().await;
         }
         for n in &self.nodes {
             n.registry.shutdown().await;

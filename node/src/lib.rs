@@ -6,6 +6,9 @@
 //! - [`cluster`]: `strata dev`, three nodes in three zones in one process on loopback: each a
 //!   `strata_raft::registry::Registry` serving Raft over gRPC on 127.0.0.1, the meta group and
 //!   the shard groups of the ring bootstrapped once and restarted from disk afterwards.
+//! - [`http`]: each node's HTTP API (remote write, `/metrics`).
+//! - [`metrics`]: self-metrics: the process's Prometheus recorder, a node's `/metrics` page,
+//!   the sampler of Raft's state (leaders, terms, replica lag).
 //!
 //! Invariants: the node binds loopback only in `strata dev` (D1 of [`cluster`]); every wall
 //! clock read goes through `strata_shard::Clock`; what a command starts, it stops.
@@ -15,3 +18,4 @@
 pub mod cluster;
 pub mod demo;
 pub mod http;
+pub mod metrics;
