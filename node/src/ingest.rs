@@ -6,8 +6,11 @@
 //! Order: admission (a bounded number of requests in flight, else 503 + `Retry-After`: never
 //! unbounded buffering) → tenant (validated; the default tenant when multi-tenancy is off) →
 //! decode and validate (`strata_router::remote_write`: sizes before and after Snappy) → the
-//! write path (`strata_router::write::Writer`) → `remote_write_answer`.
+//! write path (`strata_router::write::Writer`) → `remote_write_answer`. Requests refused whole
+//! are counted by reason, samples refused at decode by the series error's reason
+//! (`crate::metrics`; the write path counts the rest).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_raft::network::{Forwarder, Transport};
@@ -16,6 +19,7 @@ use strata_router::write::{HttpAnswer, WriteReport, remote_write_answer};
 use strata_shard::Tenant;
 
 use crate::http::HttpState;
+use crate::metrics::NodeMetrics;
 
 /// The tenant header of Cortex, Mimir and Loki, which Prometheus and vmagent can set.
 pub const TENANT_HEADER: &str = "X-Scope-OrgID";
@@ -64,7 +68,9 @@ pub async fn ingest<T: Transport + Forwarder>(
     requested_tenant: Option<&str>,
     body: &[u8],
 ) -> Ingested {
+    let m = &state.metrics;
     let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        m.request_rejected("too_many_in_flight");
         return Ingested::refused(
             503,
             Some(1),
@@ -73,25 +79,51 @@ pub async fn ingest<T: Transport + Forwarder>(
     };
     let tenant = match tenant(requested_tenant, state.multi_tenant) {
         Ok(t) => t,
-        Err(why) => return Ingested::refused(400, None, why),
+        Err(why) => {
+            m.request_rejected("invalid_tenant");
+            return Ingested::refused(400, None, why);
+        }
     };
     let mut decoded = match decode_write_request(body, &state.limits, &tenant) {
         Ok(d) => d,
         Err(e) => {
+            m.request_rejected(e.reason());
             let status = http_status(&Err(e.clone()));
             return Ingested::refused(status, None, e.to_string());
         }
     };
+    count_decode_refusals(m, &decoded);
     // The series move into the write path; what the answer needs (errors, counts) stays.
     let series = std::mem::take(&mut decoded.series);
     let report = match state.writer.write(series).await {
         Ok(r) => r,
-        Err(e) => return Ingested::refused(503, Some(5), e.to_string()),
+        Err(e) => {
+            m.request_rejected("route_failed");
+            m.samples_rejected("route_failed", decoded.samples_accepted as u64);
+            return Ingested::refused(503, Some(5), e.to_string());
+        }
     };
     Ingested {
         answer: remote_write_answer(&decoded, &report),
         decoded: Some(decoded),
         report: Some(report),
+    }
+}
+
+/// Samples refused at decode, by reason. A request keeps only its first series errors in full
+/// (`series_errors_reported_max`); the samples of the others are counted as `unreported`.
+fn count_decode_refusals(m: &NodeMetrics, decoded: &DecodedWrite) {
+    let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for e in &decoded.rejected {
+        *by_reason.entry(e.reason()).or_default() += e.samples_refused as u64;
+    }
+    let reported: u64 = by_reason.values().sum();
+    let unreported = (decoded.samples_rejected as u64).saturating_sub(reported);
+    if unreported > 0 {
+        by_reason.insert("unreported", unreported);
+    }
+    for (reason, samples) in by_reason {
+        m.samples_rejected(reason, samples);
     }
 }
 

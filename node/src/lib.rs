@@ -12,6 +12,8 @@
 //!   at `POST /api/v1/write`; [`grpc_api`]: the gRPC `Write`).
 //! - [`cluster`]: `strata dev`, three `NodeServer`s in three zones in one process on loopback,
 //!   formed once and restarted from disk afterwards.
+//! - [`metrics`]: self-metrics: the process's Prometheus recorder, a node's `/metrics` page,
+//!   the sampler of Raft's state (leaders, terms, replica lag).
 //!
 //! Invariants: the node binds loopback only in `strata dev` (D1 of [`cluster`]); every wall
 //! clock read goes through `strata_shard::Clock`; what a command starts, it stops.
@@ -24,4 +26,5 @@ pub mod demo;
 pub mod grpc_api;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod server;

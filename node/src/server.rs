@@ -22,7 +22,8 @@
 //! 5. **Leader duties** for every shard group this node leads: placement nodes missing from
 //!    the membership are added (learner → catch-up → voter, one task per node), members the
 //!    placement dropped are removed, and leadership is handed to the preferred leader (slot 0)
-//!    once it is a fully caught-up voter, so leaders spread again after a failover.
+//!    once it is a fully caught-up voter and this node has led for [`PREFERRED_LEADER_DELAY`],
+//!    so leaders spread again after a failover.
 //! 6. **Log lines** when this node starts hosting a group or a hosted group's leader changes.
 //!
 //! ## Invariants
@@ -31,8 +32,9 @@
 //!   the meta group. A restarted node finds its replicas on disk and initializes nothing.
 //! - S2. Placement is decided by the meta leader alone (one writer of `SetPlacement`).
 //! - S3. [`NodeServer::shutdown`] stops, in order: HTTP (no new writes; in-flight requests
-//!   finish), the control loop, leadership (handed to another voter of every group this node
-//!   leads, when asked, waited on briefly), the Raft groups, the gRPC server. What `start`
+//!   finish), the control loop and the self-metrics sampler, leadership (handed to another voter of every group this node
+//!   leads, when asked, waited on briefly), the self-metrics sampler, the Raft groups, the
+//!   gRPC server. What `start`
 //!   started, `shutdown` stops.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +75,10 @@ const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// A group's leadership is handed to its preferred leader at most this often.
 const TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
+/// A leader that is not the preferred one keeps leading at least this long before it hands
+/// leadership back: an election or an operator's transfer is not undone at once, and a
+/// preferred leader that just came back has time to prove it stays.
+pub const PREFERRED_LEADER_DELAY: Duration = Duration::from_secs(5);
 
 /// The cluster-wide part of a node's configuration the control loop needs.
 #[derive(Clone, Debug)]
@@ -103,6 +109,8 @@ pub struct NodeServer {
     router: GrpcRouter,
     /// What both write front ends (HTTP, gRPC) share.
     write_state: Arc<HttpState<GrpcRouter>>,
+    /// Samples the node's Raft state for its `/metrics` page.
+    sampler: crate::metrics::Sampler,
     root: PathBuf,
     raft_stop: oneshot::Sender<()>,
     raft_server: JoinHandle<Result<(), String>>,
@@ -150,7 +158,9 @@ impl NodeServer {
             limits: RemoteWriteLimits::default(),
             multi_tenant: config.multi_tenant,
             in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
+            metrics: crate::metrics::NodeMetrics::new(id),
         });
+        let sampler = crate::metrics::spawn_sampler(Arc::clone(&registry));
         let (raft_stop, stopped) = oneshot::channel::<()>();
         let handler: Arc<dyn strata_raft::network::RaftHandler> = Arc::clone(&registry) as _;
         let routes = tonic::service::Routes::new(grpc::service(handler))
@@ -190,6 +200,7 @@ impl NodeServer {
             registry,
             router,
             write_state,
+            sampler,
             root,
             raft_stop,
             raft_server,
@@ -347,6 +358,7 @@ impl NodeServer {
         }
         let _ = self.control_stop.send(true);
         let _ = self.control.await;
+        self.sampler.stop().await;
         if handoff {
             hand_off_leadership(&self.registry, &name).await;
         }
@@ -493,8 +505,9 @@ struct Controller {
     /// `(group, node)` additions in flight (learner catch-up can take a while).
     adding: Arc<Mutex<BTreeSet<(GroupId, NodeId)>>>,
     last_transfer: BTreeMap<GroupId, Instant>,
-    /// The leader of each hosted group at the last tick, for log lines.
-    leaders: BTreeMap<GroupId, Option<NodeId>>,
+    /// The leader of each hosted group at the last tick and since when this node has seen it
+    /// lead, for log lines and [`PREFERRED_LEADER_DELAY`].
+    leaders: BTreeMap<GroupId, (Option<NodeId>, Instant)>,
     /// The last error logged per topic: an error is logged when it changes, not every tick.
     last_error: BTreeMap<String, String>,
     said_ring: bool,
@@ -851,7 +864,10 @@ impl Controller {
             let cooled = self
                 .last_transfer
                 .get(&group)
-                .is_none_or(|t| t.elapsed() >= TRANSFER_COOLDOWN);
+                .is_none_or(|t| t.elapsed() >= TRANSFER_COOLDOWN)
+                && self.leaders.get(&group).is_some_and(|(l, since)| {
+                    *l == Some(self.s.me) && since.elapsed() >= PREFERRED_LEADER_DELAY
+                });
             if preferred != self.s.me && voters.contains(&preferred) && caught_up && cooled {
                 self.last_transfer.insert(group, Instant::now());
                 if let Err(e) = self.registry.transfer_leader(group, preferred).await {
@@ -869,10 +885,11 @@ impl Controller {
     fn log_leaders(&mut self) {
         for group in self.registry.groups() {
             let leader = self.registry.leader(group);
-            let before = self.leaders.insert(group, leader);
-            if before != Some(leader)
-                && let Some(l) = leader
-            {
+            if self.leaders.get(&group).is_some_and(|(l, _)| *l == leader) {
+                continue;
+            }
+            self.leaders.insert(group, (leader, Instant::now()));
+            if let Some(l) = leader {
                 let who = if l == self.s.me {
                     "this node".to_string()
                 } else {

@@ -23,6 +23,22 @@
 //! - W4. Attempts per shard are bounded in number and in time ([`WriterConfig::attempts_max`],
 //!   [`WriterConfig::deadline`]) and each has a deadline; `Busy` is not retried here (the
 //!   caller answers 503 with `Retry-After`). One shard failing fails only its own samples.
+//!
+//! ## Self-metrics
+//! Recorded through the `metrics` facade (a no-op until the node installs a recorder), every
+//! series labelled `node` (this registry's node id); names are the constants below.
+//! - [`SAMPLES_ACCEPTED`] `{node, outcome}`: samples a shard applied, `outcome` = `appended`
+//!   or `duplicate` (already stored with the same value, e.g. a sender's retry).
+//! - [`SAMPLES_REJECTED`] `{node, reason}`: samples refused here: `outside_window` (W5),
+//!   `shard_busy` / `shard_failed` (the shard's batch was not applied), or the engine's own
+//!   reason (`strata_shard::Error::reason`, e.g. `sample_too_old`, `series_limit_tenant`).
+//!   The node's HTTP handler adds the decode-time reasons to the same counter.
+//! - [`SHARD_COMMIT_SECONDS`] `{node, group, outcome}`: time from handing a shard's batch to
+//!   its leader until it is applied (`outcome="applied"`) or given up on (`"failed"`), all
+//!   attempts together.
+//!
+//! Every sample handed to [`Writer::write`] is counted exactly once in one of the two sample
+//! counters, unless routing fails as a whole (`Err`: nothing is counted here).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +51,13 @@ use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, Response, WriteBatc
 use strata_shard::{Clock, Sample, SeriesKey};
 
 use crate::ring::{Ring, RingError, group_of};
+
+/// Counter `{node, outcome}`: samples applied by their shard (module doc, Self-metrics).
+pub const SAMPLES_ACCEPTED: &str = "strata_samples_accepted_total";
+/// Counter `{node, reason}`: samples refused, by reason (module doc, Self-metrics).
+pub const SAMPLES_REJECTED: &str = "strata_samples_rejected_total";
+/// Histogram `{node, group, outcome}`: seconds a shard batch took through Raft.
+pub const SHARD_COMMIT_SECONDS: &str = "strata_shard_commit_duration_seconds";
 
 /// How hard the writer tries.
 #[derive(Clone, Debug)]
@@ -250,17 +273,61 @@ impl<T: Transport + Forwarder> Writer<T> {
             let samples = batch.iter().map(|(_, s)| s.len() as u64).sum();
             let batch: WriteBatch = batch.into();
             async move {
+                // A latency, not a timestamp: tokio's clock (paused in tests), not the Clock seam.
+                let started = tokio::time::Instant::now();
                 let outcome = self.send(group, batch, &replicas).await;
+                let outcome_label = if outcome.is_ok() { "applied" } else { "failed" };
+                metrics::histogram!(
+                    SHARD_COMMIT_SECONDS,
+                    "node" => self.registry.node().to_string(),
+                    "group" => group.to_string(),
+                    "outcome" => outcome_label,
+                )
+                .record(started.elapsed().as_secs_f64());
                 (group, outcome.unwrap_or_else(|e| failed(samples, &e)))
             }
         });
         let shards = futures::future::join_all(sends).await.into_iter().collect();
-        Ok(WriteReport {
+        let report = WriteReport {
             ring_epoch: epoch,
             shards,
             outside_window,
             outside_window_errors,
-        })
+        };
+        self.count_samples(&report);
+        Ok(report)
+    }
+
+    /// Adds a write's samples to the sample counters (module doc, Self-metrics).
+    fn count_samples(&self, report: &WriteReport) {
+        let node = self.registry.node().to_string();
+        let accepted = |outcome: &'static str, n: u64| {
+            metrics::counter!(SAMPLES_ACCEPTED, "node" => node.clone(), "outcome" => outcome)
+                .increment(n);
+        };
+        let rejected = |reason: String, n: u64| {
+            metrics::counter!(SAMPLES_REJECTED, "node" => node.clone(), "reason" => reason)
+                .increment(n);
+        };
+        // Registered even at zero, so a rate over them exists from the first write on.
+        accepted("appended", report.appended());
+        accepted("duplicate", report.duplicates());
+        if report.outside_window > 0 {
+            rejected("outside_window".into(), report.outside_window);
+        }
+        for outcome in report.shards.values() {
+            match outcome {
+                ShardOutcome::Applied { rejected: by, .. } => {
+                    for (reason, n) in by {
+                        rejected(reason.clone(), *n);
+                    }
+                }
+                ShardOutcome::Failed { samples, busy, .. } => {
+                    let reason = if *busy { "shard_busy" } else { "shard_failed" };
+                    rejected(reason.into(), *samples);
+                }
+            }
+        }
     }
 
     /// Sends one shard's batch until it is applied or attempts run out (W2–W4).
