@@ -105,7 +105,7 @@ wait_for_urls() {
   for _ in $(seq 1 600); do
     if [ "$(grep -c 'remote write at http' "$file" 2>/dev/null || true)" -ge "$n" ]; then
       # A URL ends at a space or a comma (`strata start` prints more after it on its line).
-      grep -o 'remote write at http://[^ ,]*' "$file" | sed 's/^remote write at //' | head -n "$n"
+      grep -o 'remote write at http://[^ ,;]*' "$file" | sed 's/^remote write at //' | head -n "$n"
       return
     fi
     kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "$what exited while starting"; }
@@ -128,8 +128,6 @@ stop_system() {
   wait "$SYS_PID" 2>/dev/null || true
   SYS_PID=""
 }
-
-strata_has_start() { "$STRATA" start --help >/dev/null 2>&1; }
 
 # Starts SYSTEM with data under DIR; sets SYS_PID and URLS (one URL per line).
 start_system() {
@@ -156,25 +154,22 @@ start_system() {
       URLS=$(wait_for_urls "$log" 3 "$SYS_PID" "strata dev")
       ;;
     strata-rf1)
-      # One node, a cluster of its own. Free ports when `strata start` takes them (else it
-      # listens on 7001 for Raft and 7101 for HTTP, checked free before the runs).
-      local args=()
+      # One node, a cluster of its own (RF=1), on free ports.
+      local args=(--raft-addr "127.0.0.1:$(free_port)" --http-addr "127.0.0.1:$(free_port)")
       if [ -n "$STRATA_START_ARGS" ]; then
         # shellcheck disable=SC2206 # STRATA_START_ARGS is a list of flags.
         args=($STRATA_START_ARGS)
-      else
-        local help
-        help=$("$STRATA" start --help 2>&1 || true)
-        if grep -q -- '--http-addr' <<<"$help" && grep -q -- '--raft-addr' <<<"$help"; then
-          args+=(--raft-addr "127.0.0.1:$(free_port)" --http-addr "127.0.0.1:$(free_port)")
-        fi
-        if grep -q -- '--replication-factor' <<<"$help"; then
-          args+=(--replication-factor 1)
-        fi
       fi
       "$STRATA" start --data-dir "$dir" "${args[@]}" >"$log" 2>&1 &
       SYS_PID=$!
       URLS=$(wait_for_urls "$log" 1 "$SYS_PID" "strata start")
+      # `strata start` announces its URL at once; it takes writes once its shards have leaders.
+      for _ in $(seq 1 600); do
+        grep -q 'running; Ctrl-C or SIGTERM stops it' "$log" && break
+        kill -0 "$SYS_PID" 2>/dev/null || { cat "$log" >&2; die "strata start exited"; }
+        sleep 0.2
+      done
+      grep -q 'running; Ctrl-C or SIGTERM stops it' "$log" || die "strata start not ready in 120 s"
       ;;
     *) die "unknown system $system (vm, strata-rf1, strata-rf3)" ;;
   esac
@@ -214,17 +209,6 @@ say "load: $SERIES $SHAPE series x $POINTS points every $INTERVAL_MS ms, batch $
 
 RAN=""
 for system in $SYSTEMS; do
-  if [ "$system" = strata-rf1 ]; then
-    if ! strata_has_start; then
-      say "SKIP strata-rf1: this strata binary has no 'strata start' yet (rebase on main once it lands)"
-      continue
-    fi
-    if [ -z "$STRATA_START_ARGS" ] && ! "$STRATA" start --help 2>&1 | grep -q -- '--http-addr' \
-      && { port_in_use 7001 || port_in_use 7101; }; then
-      say "SKIP strata-rf1: 'strata start' listens on 7001/7101 by default and one is in use"
-      continue
-    fi
-  fi
   if [ "$system" = vm ] && [ ! -x "$VM_BIN" ]; then
     say "SKIP vm: $VM_BIN not found"
     continue

@@ -144,7 +144,9 @@ pub fn put_command(b: &mut Vec<u8>, c: &Command) {
             b.put_u8(0);
             b.put_u32(batch.len() as u32);
             for (key, samples) in batch.iter() {
-                b.put_bytes(&key.canonical_bytes());
+                // put_bytes framing (u32 length, bytes), written in place.
+                b.put_u32(key.canonical_len() as u32);
+                key.put_canonical(b);
                 b.put_u32(samples.len() as u32);
                 for s in samples {
                     b.put_i64(s.ts_ms);
