@@ -2,29 +2,13 @@
 //! on a first start and resumed from disk on the next, without a second bootstrap.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use strata_node::cluster::{Cluster, NODES, VNODES_PER_SHARD, ZONES};
 use strata_raft::types::{GroupId, META_GROUP, NodeId};
 use strata_router::ring::{ShardId, group_of};
 
-/// A directory under the system temp dir, unique per process, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("strata-dev-{test}-{}", std::process::id()));
-        // Left over only if an earlier process with the same id was killed mid-test.
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 const SHARDS: u32 = 4;
 
@@ -100,7 +84,7 @@ async fn check_meta(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dev_cluster_bootstraps_once_and_restarts_from_its_data() {
-    let dir = TempDir::new("restart");
+    let dir = TempDir::new("dev-restart");
 
     let c = Cluster::start_dev(&dir.0, SHARDS, 0).await.expect("start");
     assert!(c.fresh());

@@ -4,7 +4,6 @@
 //! catch-up → voter): afterwards every group has three voters and the new replicas hold the
 //! samples written before they existed.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use strata_node::config::{NodeConfig, Peer};
@@ -14,13 +13,8 @@ use strata_raft::types::{GroupId, META_GROUP, NodeId};
 use strata_router::ring::{ShardId, group_of};
 use strata_shard::{Clock, Labels, Sample, SeriesKey, SystemClock, Tenant};
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 const SHARDS: u32 = 3;
 
@@ -59,8 +53,7 @@ fn key(i: usize) -> SeriesKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_nodes_fill_every_group_up_to_the_replication_factor() {
-    let dir = TempDir(std::env::temp_dir().join(format!("strata-join-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("join");
     let first = config(&dir, 1, "zone-a", free_addr().await, Vec::new());
     let n1 = start(&first).await;
     n1.wait_ready(Duration::from_secs(60)).await.unwrap();

@@ -22,18 +22,13 @@ use strata_router::ring::{Ring, group_of};
 use strata_shard::{Clock, Labels, SeriesKey, StdFs, SystemClock, Tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::TempDir;
+
 const SHARDS: u32 = 4;
 const SERIES: usize = 24;
 /// Samples of a round are one second apart in time, whatever the real pace.
 const STEP_MS: i64 = 1000;
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One `strata start` process; killed (SIGKILL) and reaped on drop if still running.
 struct Proc {
@@ -277,8 +272,7 @@ async fn read_replicas(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_busiest_leader_loses_no_acknowledged_sample() {
-    let dir = TempDir(std::env::temp_dir().join(format!("strata-mp-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("mp");
     std::fs::create_dir_all(&dir.0).unwrap();
     let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let http: Vec<u16> = (0..3).map(|_| free_port()).collect();

@@ -31,6 +31,9 @@ use strata_shard::series::is_stale_marker;
 use strata_shard::{Clock, Labels, SeriesKey, SystemClock, Tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+use common::TempDir;
+
 /// How long the stored samples may take to match what a client sent.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client process may take to answer its readiness endpoint.
@@ -39,23 +42,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two polls.
 const POLL_PAUSE: Duration = Duration::from_millis(250);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("strata-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process that is killed and reaped when dropped, also when the test panics (then
 /// the tail of its log goes to stderr, to explain the failure).

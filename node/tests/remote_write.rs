@@ -2,7 +2,6 @@
 //! every sample of an accepted request is on every replica of its shard; a request with a bad
 //! series gets 400 naming it while its valid series are written; a wrong encoding is refused.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
@@ -11,67 +10,9 @@ use strata_proto::prometheus as pb;
 use strata_raft::registry::Consistency;
 use strata_router::ring::{Ring, group_of};
 use strata_shard::{Clock, Labels, SeriesKey, SystemClock, Tenant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn series(name: &str, instance: &str, points: &[(i64, f64)]) -> pb::TimeSeries {
-    pb::TimeSeries {
-        labels: vec![
-            pb::Label {
-                name: "__name__".into(),
-                value: name.into(),
-            },
-            pb::Label {
-                name: "instance".into(),
-                value: instance.into(),
-            },
-        ],
-        samples: points
-            .iter()
-            .map(|&(timestamp, value)| pb::Sample { value, timestamp })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn body(timeseries: Vec<pb::TimeSeries>) -> Vec<u8> {
-    let raw = pb::WriteRequest {
-        timeseries,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    snap::raw::Encoder::new().compress_vec(&raw).unwrap()
-}
-
-/// One HTTP/1.1 POST; returns the status and the body text.
-async fn post(addr: std::net::SocketAddr, body: &[u8], encoding: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /api/v1/write HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\n\
-         Content-Encoding: {encoding}\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).await.unwrap();
-    let reply = String::from_utf8_lossy(&reply).to_string();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let text = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, text)
-}
+mod common;
+use common::{TempDir, body, post, series};
 
 fn key(name: &str, instance: &str) -> SeriesKey {
     SeriesKey::new(
@@ -82,8 +23,7 @@ fn key(name: &str, instance: &str) -> SeriesKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_reaches_every_replica_of_each_series_shard() {
-    let dir = TempDir(std::env::temp_dir().join(format!("strata-rw-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("rw");
     let mut cluster = Cluster::start_dev(&dir.0, 4, 0).await.unwrap();
     let http = cluster.serve_http(0).await.unwrap();
 
@@ -155,8 +95,7 @@ async fn remote_write_reaches_every_replica_of_each_series_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_write_answers_like_remote_write() {
     use strata_proto::api;
-    let dir = TempDir(std::env::temp_dir().join(format!("strata-gw-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("gw");
     let cluster = Cluster::start_dev(&dir.0, 2, 0).await.unwrap();
     let addr = cluster.members()[&2].addr.clone();
     let mut client = api::strata_client::StrataClient::connect(format!("http://{addr}"))

@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use prost::Message;
 use strata_node::cluster::{Cluster, NODES, VNODES_PER_SHARD};
 use strata_node::metrics::{GAUGE_IDLE, SAMPLE_PERIOD};
 use strata_node::server::PREFERRED_LEADER_DELAY;
@@ -16,76 +14,16 @@ use strata_proto::prometheus as pb;
 use strata_raft::types::{GroupId, NodeId};
 use strata_router::ring::{Ring, group_of};
 use strata_shard::{Clock, Labels, SeriesKey, SystemClock, Tenant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHARDS: u32 = 2;
 
-struct TempDir(PathBuf);
+mod common;
+use common::{TempDir, body, post, request};
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// A series `name{instance}` with value 1 at `timestamps`.
 fn series(name: &str, instance: &str, timestamps: &[i64]) -> pb::TimeSeries {
-    pb::TimeSeries {
-        labels: vec![
-            pb::Label {
-                name: "__name__".into(),
-                value: name.into(),
-            },
-            pb::Label {
-                name: "instance".into(),
-                value: instance.into(),
-            },
-        ],
-        samples: timestamps
-            .iter()
-            .map(|&timestamp| pb::Sample {
-                value: 1.0,
-                timestamp,
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn body(timeseries: Vec<pb::TimeSeries>) -> Vec<u8> {
-    let raw = pb::WriteRequest {
-        timeseries,
-        ..Default::default()
-    }
-    .encode_to_vec();
-    snap::raw::Encoder::new().compress_vec(&raw).unwrap()
-}
-
-/// One HTTP/1.1 request; returns the status, the head and the body text.
-async fn request(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).await.unwrap();
-    let reply = String::from_utf8_lossy(&reply).to_string();
-    let (head, text) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), text.to_string())
-}
-
-async fn post(addr: SocketAddr, body: &[u8], encoding: &str) -> (u16, String) {
-    let head = format!(
-        "POST /api/v1/write HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\n\
-         Content-Encoding: {encoding}\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let (status, _, text) = request(addr, &head, body).await;
-    (status, text)
+    let points: Vec<(i64, f64)> = timestamps.iter().map(|&t| (t, 1.0)).collect();
+    common::series(name, instance, &points)
 }
 
 /// A parsed `/metrics` page: one entry per series.
@@ -227,8 +165,7 @@ async fn wait_for_raft_gauges(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_writes_and_show_raft_leaders_and_lag() {
-    let dir = TempDir(std::env::temp_dir().join(format!("strata-metrics-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("metrics");
     let mut cluster = Cluster::start_dev(&dir.0, SHARDS, 0).await.unwrap();
     let http = cluster.serve_http(0).await.unwrap();
     let before = scrape(http[&1], 1).await;

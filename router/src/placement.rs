@@ -20,9 +20,12 @@
 //!   proposes nothing, and a node that joins takes no replica from a full group (moving
 //!   replicas to balance load is a rebalancer's job, not placement's).
 //! - P3. Spread: an empty slot goes to the eligible node holding the fewest replicas so far
-//!   (this plan's placements included); slot 0 of a new group goes to the eligible node that is
-//!   preferred leader of the fewest groups. Ties go to the node after the group id in rotation,
-//!   so equal nodes share groups round-robin.
+//!   (this plan's placements included; ties: fewer preferred leaderships, then the node after
+//!   the group id in rotation, so equal nodes share groups round-robin); slot 0 of a new group
+//!   then goes to the node among those chosen that is preferred leader of the fewest groups.
+//!   For nodes of equal standing (one zone, or one node per zone) replica counts stay within
+//!   one of each other and preferred-leader counts within two (property-tested; greedy
+//!   choice cannot promise one for both at once).
 //! - P4. Deterministic: the same inputs give the same output on every node (ordered maps only,
 //!   groups planned in ascending id order).
 
@@ -76,6 +79,7 @@ pub fn plan(
                     .collect()
             })
             .unwrap_or_default();
+        let new_group = placement.is_empty();
         while placement.len() < target {
             let used_zones: BTreeSet<&str> =
                 placement.iter().map(|n| nodes[n].zone.as_str()).collect();
@@ -84,26 +88,30 @@ pub fn plan(
             };
             // Rotation from the group id breaks ties (P3).
             let start = usize::try_from(group).unwrap_or(0) % ids.len().max(1);
-            let rotated = ids[start..].iter().chain(&ids[..start]);
-            let leader_slot = placement.is_empty();
-            let pick = rotated
+            let pick = ids[start..]
+                .iter()
+                .chain(&ids[..start])
                 .enumerate()
                 .filter(|(_, n)| eligible(n))
-                .min_by_key(|(order, n)| {
-                    let load = if leader_slot {
-                        (leads[*n], replicas[*n])
-                    } else {
-                        (replicas[*n], leads[*n])
-                    };
-                    (load, *order)
-                })
+                .min_by_key(|(order, n)| (replicas[*n], leads[*n], *order))
                 .map(|(_, n)| *n);
             let Some(pick) = pick else { break };
             *replicas.get_mut(&pick).expect("registered") += 1;
-            if leader_slot {
-                *leads.get_mut(&pick).expect("registered") += 1;
-            }
             placement.push(pick);
+        }
+        // A new group's preferred leader: the chosen node preferred for the fewest groups
+        // (ties: the first chosen). Choosing the nodes by replica count first and the leader
+        // among them second keeps replica counts within one and leader counts within two.
+        if new_group
+            && let Some(first) = placement
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, n)| (leads[*n], *i))
+                .map(|(i, _)| i)
+        {
+            let leader = placement.remove(first);
+            placement.insert(0, leader);
+            *leads.get_mut(&leader).expect("registered") += 1;
         }
         wanted.insert(group, placement);
     }
@@ -188,6 +196,9 @@ mod tests {
     }
 
     proptest! {
+        // Cheap cases (no IO): many of them, so an uneven spread is found on every run.
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
         /// P1, P3 and P4 over random clusters: distinct nodes in distinct zones, at most rf,
         /// as many as the zones allow, replica counts within one of each other for nodes of
         /// equal standing (a single zone, or one node per zone), and the same answer twice.
@@ -225,7 +236,7 @@ mod tests {
                     .map(|id| p.values().filter(|r| r[0] == *id).count())
                     .collect();
                 let (lo, hi) = (leads.iter().min().unwrap(), leads.iter().max().unwrap());
-                prop_assert!(hi - lo <= 1, "preferred leaders {:?}", leads);
+                prop_assert!(hi - lo <= 2, "preferred leaders {:?}", leads);
             }
         }
     }
