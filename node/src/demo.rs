@@ -51,7 +51,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let mut samples = 0u64;
     let mut ts = start + step;
     while ts <= end {
-        let out = engine.apply_batch(&workload.scrape(ts))?;
+        let out = engine.apply_batch(&workload.scrape(ts).into())?;
         anyhow::ensure!(
             out.rejected_total() == 0,
             "refused samples: {:?}",

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::EntryPayload;
 use openraft::vote::RaftLeaderId;
 use strata_shard::codec::{PutExt, Reader};
-use strata_shard::{Error, Result, Sample, SeriesKey};
+use strata_shard::{Error, Result, WriteBatch};
 
 use crate::types::{
     Command, Entry, LogId, Membership, NodeId, NodeInfo, StoredMembership, TypeConfig, Vote,
@@ -142,17 +142,7 @@ pub fn put_command(b: &mut Vec<u8>, c: &Command) {
     match c {
         Command::Write(batch) => {
             b.put_u8(0);
-            b.put_u32(batch.len() as u32);
-            for (key, samples) in batch.iter() {
-                // put_bytes framing (u32 length, bytes), written in place.
-                b.put_u32(key.canonical_len() as u32);
-                key.put_canonical(b);
-                b.put_u32(samples.len() as u32);
-                for s in samples {
-                    b.put_i64(s.ts_ms);
-                    b.put_f64(s.value);
-                }
-            }
+            b.extend_from_slice(batch.as_bytes());
         }
         Command::Seal => b.put_u8(1),
         Command::Retention { now_ms } => {
@@ -169,20 +159,7 @@ pub fn put_command(b: &mut Vec<u8>, c: &Command) {
 
 pub fn get_command(r: &mut Reader<'_>) -> Result<Command> {
     Ok(match r.u8()? {
-        0 => {
-            let n = r.count(8)?;
-            let mut batch = Vec::with_capacity(n);
-            for _ in 0..n {
-                let key = SeriesKey::from_canonical_bytes(r.bytes()?)?;
-                let m = r.count(16)?;
-                let mut samples = Vec::with_capacity(m);
-                for _ in 0..m {
-                    samples.push(Sample::new(r.i64()?, r.f64()?));
-                }
-                batch.push((key, samples));
-            }
-            Command::Write(batch.into())
-        }
+        0 => Command::Write(WriteBatch::read(r)?),
         1 => Command::Seal,
         2 => Command::Retention { now_ms: r.i64()? },
         3 => Command::Compact,
@@ -246,7 +223,7 @@ pub fn to_io(e: Error) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_shard::{Labels, Tenant};
+    use strata_shard::{Labels, Sample, SeriesKey, Tenant};
 
     fn log_id(term: u64, node: u64, index: u64) -> LogId {
         LogId::new(LeaderId::new(term, node), index)

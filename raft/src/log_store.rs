@@ -5,9 +5,10 @@
 //! then completes every append that fsync covered (openraft's [`IOFlushed`] callbacks fire only
 //! after the fsync, L1). Each group gets a cheap [`WalLogStore`] handle.
 //!
-//! Recently appended entries are also kept decoded ([`DecodedCache`], its own byte budget): openraft reads every entry back once to apply it and once per
-//! follower to replicate it, and decoding (series labels) was the largest CPU cost of the
-//! commit benchmark (about 30 % of the run).
+//! Recently appended entries are also kept decoded ([`DecodedCache`], its own byte budget):
+//! openraft reads every entry back once to apply it and once per follower to replicate it, and
+//! the cache saves reading, decompressing and checking it each time (when entries still held
+//! their series labels decoded, decoding was about 30 % of the commit benchmark).
 //!
 //! ## Invariants
 //! - L4. The decoded cache holds, for each (group, index) it has, exactly the entry the WAL has
@@ -130,9 +131,8 @@ fn decode_payload(payload: &[u8]) -> strata_shard::Result<Entry> {
     }
 }
 
-/// A decoded entry is charged this many times its encoded length (label strings, vectors and
-/// their headers are several times bigger in memory than on disk), plus [`ENTRY_OVERHEAD`].
-const DECODED_EXPANSION: usize = 4;
+/// A decoded entry is charged its encoded length (a write batch stays encoded in memory,
+/// `strata_shard::batch`) plus this for the entry's own structures.
 const ENTRY_OVERHEAD: usize = 256;
 
 struct State {
@@ -150,15 +150,29 @@ pub struct SharedWal {
     pending: Notify,
 }
 
+/// Runs `f`, which blocks in a write or fsync, so that it does not stall the runtime: on
+/// tokio's multi-threaded runtime (a node) the worker hands its other tasks on first
+/// (`block_in_place`); a node in one process with three WALs on two cores had both workers
+/// blocked in fsyncs a good part of the time, and took a third less than it could. On a
+/// current-thread runtime (the simulator) and outside any runtime it just runs `f`, so a
+/// simulated run stays on its one thread (determinism).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn wal_io(e: WalError) -> io::Error {
     io::Error::other(e)
 }
 
 /// Default budget of the decoded-entry cache. It should hold every entry between its append
-/// and its apply and replication on all of a node's groups: when it did not (64 MiB, with
-/// 16 groups × 2 proposals of 5 000 samples in flight), the commit benchmark fell by 2-3×
-/// to decoding entries again.
-pub const DECODED_CACHE_BYTES_DEFAULT: usize = 256 << 20;
+/// and its apply and replication on all of a node's groups: when it did not (16 MiB of
+/// encoded entries, with 16 groups × 2 proposals of 5 000 samples in flight), the commit
+/// benchmark fell by 2-3× to decoding entries again. 64 MiB of encoded entries was enough.
+pub const DECODED_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 
 impl SharedWal {
     /// Opens the WAL with the default decoded-cache budget.
@@ -241,7 +255,7 @@ impl SharedWal {
         let result = match job {
             Ok(None) => Ok(()),
             Ok(Some(mut job)) => {
-                let outcome = job.run();
+                let outcome = blocking(|| job.run());
                 self.lock().wal.end_flush(job, outcome).map(|_| ())
             }
             Err(e) => Err(e),
@@ -414,7 +428,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
                 None => st.wal.pending_seq(),
             };
             for (e, plain_len) in decoded {
-                let weight = plain_len * DECODED_EXPANSION + ENTRY_OVERHEAD;
+                let weight = plain_len + ENTRY_OVERHEAD;
                 st.decoded.insert(self.group, e, weight);
             }
             st.waiting.push((seq, callback));

@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
 use openraft::rt::deterministic_rng::DeterministicRng;
 use openraft_rt_tokio::TokioRuntime;
 use strata_shard::engine::AppendOutcome;
-use strata_shard::{Sample, SeriesKey};
 
 use crate::meta::{MetaCommand, MetaResponse};
 
@@ -33,8 +31,9 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// The samples of one write command: (series, its samples), shared and immutable.
-pub type WriteBatch = Arc<[(SeriesKey, Vec<Sample>)]>;
+/// The samples of one write command, encoded once by the router and shared, immutable, from
+/// there to every replica's engine (`strata_shard::batch`).
+pub use strata_shard::WriteBatch;
 
 /// What a shard group's log carries. Every command that changes the engine's state, including
 /// what limits and retention count, goes through the log (S3 of `strata-shard`): time arrives
@@ -57,10 +56,12 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Write(batch) => {
-                let samples: usize = batch.iter().map(|(_, s)| s.len()).sum();
-                write!(f, "write({} series, {samples} samples)", batch.len())
-            }
+            Command::Write(batch) => write!(
+                f,
+                "write({} series, {} samples)",
+                batch.series_count(),
+                batch.sample_count()
+            ),
             Command::Seal => f.write_str("seal"),
             Command::Retention { now_ms } => write!(f, "retention(now={now_ms})"),
             Command::Compact => f.write_str("compact"),

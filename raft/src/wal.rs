@@ -175,7 +175,8 @@ pub struct WalConfig {
     /// large Head) can make a segment bigger.
     pub segment_bytes_target: u64,
     /// Byte budget of the cache of recently appended entry payloads (each entry is charged its
-    /// length plus a fixed overhead).
+    /// length plus a fixed overhead). Payloads are compressed, and the log store keeps the
+    /// newest entries decoded as well, so this backs up its cache rather than repeating it.
     pub cache_bytes_max: usize,
     /// The largest body of one Entries record. A larger append is split into several records;
     /// an entry that does not fit alone is refused with [`WalError::TooLarge`].
@@ -186,7 +187,7 @@ impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
             segment_bytes_target: 64 << 20,
-            cache_bytes_max: 64 << 20,
+            cache_bytes_max: 16 << 20,
             record_bytes_max: 16 << 20,
         }
     }

@@ -48,7 +48,8 @@ use strata_raft::meta::MetaState;
 use strata_raft::network::{Forwarder, Transport};
 use strata_raft::registry::{Consistency, ProposeError, ReadError, Registry};
 use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, Response, WriteBatch};
-use strata_shard::{Clock, Sample, SeriesKey};
+use strata_shard::series::series_id_of_canonical;
+use strata_shard::{Clock, Sample, SeriesKey, WriteBatchBuilder};
 
 use crate::ring::{Ring, RingError, group_of};
 
@@ -230,7 +231,10 @@ impl<T: Transport + Forwarder> Writer<T> {
         );
         let mut outside_window = 0;
         let mut outside_window_errors = Vec::new();
-        let mut per_group: BTreeMap<GroupId, Vec<(SeriesKey, Vec<Sample>)>> = BTreeMap::new();
+        let mut per_group: BTreeMap<GroupId, WriteBatchBuilder> = BTreeMap::new();
+        // The key's canonical bytes are built once: hashed for the route, then copied into the
+        // shard's encoded batch, which every replica reads without decoding labels.
+        let mut canonical = Vec::new();
         for (key, mut samples) in series {
             samples.retain(|s| {
                 let inside = (oldest..=newest).contains(&s.ts_ms);
@@ -250,8 +254,13 @@ impl<T: Transport + Forwarder> Writer<T> {
             if samples.is_empty() {
                 continue;
             }
-            let group = group_of(ring.shard_of(key.id()));
-            per_group.entry(group).or_default().push((key, samples));
+            canonical.clear();
+            key.put_canonical(&mut canonical);
+            let group = group_of(ring.shard_of(series_id_of_canonical(&canonical)));
+            per_group
+                .entry(group)
+                .or_default()
+                .push_canonical(&canonical, &samples);
         }
         let placements: BTreeMap<GroupId, Vec<NodeId>> = self
             .registry
@@ -270,8 +279,8 @@ impl<T: Transport + Forwarder> Writer<T> {
                 .flatten()
                 .filter_map(|n| nodes.get(n).map(|i| (*n, i.clone())))
                 .collect();
-            let samples = batch.iter().map(|(_, s)| s.len() as u64).sum();
-            let batch: WriteBatch = batch.into();
+            let samples = batch.sample_count() as u64;
+            let batch = batch.finish();
             async move {
                 // A latency, not a timestamp: tokio's clock (paused in tests), not the Clock seam.
                 let started = tokio::time::Instant::now();
@@ -360,7 +369,7 @@ impl<T: Transport + Forwarder> Writer<T> {
                 }
                 tokio::time::sleep(self.config.backoff).await;
             }
-            let command = Command::Write(Arc::clone(&batch));
+            let command = Command::Write(batch.clone());
             let reply = match &target {
                 Some((node, info)) if *node != me => {
                     self.forwarder

@@ -17,7 +17,7 @@ use strata_shard::query::{
 };
 use strata_shard::sim_fs::SimFs;
 use strata_shard::workload::NodeExporterLike;
-use strata_shard::{Sample, SeriesKey, Tenant};
+use strata_shard::{Tenant, WriteBatch};
 
 struct Counting;
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
@@ -50,18 +50,18 @@ fn engine() -> Engine {
 }
 
 /// `hosts` node_exporter-like hosts (26 series each), `scrapes` scrapes each, as batches.
-fn scrapes(hosts: usize, scrapes: usize) -> Vec<Vec<(SeriesKey, Vec<Sample>)>> {
+fn scrapes(hosts: usize, scrapes: usize) -> Vec<WriteBatch> {
     let tenant = Tenant::new("bench").unwrap();
     let mut w = NodeExporterLike::new(&tenant, hosts, 7);
     (1..=scrapes as i64)
-        .map(|i| w.scrape(i * SCRAPE_MS))
+        .map(|i| w.scrape(i * SCRAPE_MS).into())
         .collect()
 }
 
 fn report_memory_per_series() {
     // 2 h of 15 s scrapes: a full head, as Prometheus holds before it cuts a block.
     let data = scrapes(1000, 480);
-    let series = data[0].len();
+    let series = data[0].series_count();
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let mut e = engine();
     for batch in &data {
@@ -79,12 +79,12 @@ fn report_memory_per_series() {
 
 fn bench_append(c: &mut Criterion) {
     let data = scrapes(100, 240);
-    let samples: usize = data.iter().map(|b| b.len()).sum();
+    let samples: usize = data.iter().map(|b| b.sample_count()).sum();
     let mut g = c.benchmark_group("head_append");
     g.throughput(Throughput::Elements(samples as u64));
     g.sample_size(10);
     g.bench_function(
-        format!("{} series x 240 scrapes, in order", data[0].len()),
+        format!("{} series x 240 scrapes, in order", data[0].series_count()),
         |b| {
             b.iter_batched(
                 engine,
@@ -108,7 +108,7 @@ fn bench_select_aggregate(c: &mut Criterion) {
     for batch in &data {
         e.apply_batch(batch).unwrap();
     }
-    let series = data[0].len();
+    let series = data[0].series_count();
     let end = 240 * SCRAPE_MS;
     let tenant = Tenant::new("bench").unwrap();
     let base = PartialQuery {

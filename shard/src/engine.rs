@@ -34,11 +34,13 @@
 //! relative to each series' newest sample, and the seal cut is derived from the data (S3).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+use crate::batch::WriteBatch;
 use crate::block::{self, Block, BlockWriter, Payload, RawChunk};
 use crate::chunk::{self, CHUNK_SAMPLES_MAX, ChunkEncoder};
 use crate::codec::{PutExt, Reader};
@@ -415,14 +417,79 @@ enum Verdict {
     Refused(Error),
 }
 
+/// Series refs by `SeriesId`: the lookup of every written series, so a hash map (the id is
+/// a hash already, so the identity hasher spreads it). It is never iterated, so its order
+/// cannot reach what a replica does (S3). Distinct keys with one id (S1) are rare: the first
+/// ref of an id is in `first`, any others in `more`.
+#[derive(Debug, Default)]
+struct ById {
+    #[allow(clippy::disallowed_types)] // looked up, never iterated (see above)
+    first: std::collections::HashMap<u64, SeriesRef, BuildHasherDefault<IdHasher>>,
+    more: BTreeSet<(u64, SeriesRef)>,
+}
+
+impl ById {
+    fn insert(&mut self, id: u64, r: SeriesRef) {
+        if *self.first.entry(id).or_insert(r) != r {
+            self.more.insert((id, r));
+        }
+    }
+
+    fn remove(&mut self, id: u64, r: SeriesRef) {
+        if self.first.get(&id) != Some(&r) {
+            self.more.remove(&(id, r));
+            return;
+        }
+        self.first.remove(&id);
+        if let Some(&(_, next)) = self.more.range((id, 0)..=(id, SeriesRef::MAX)).next() {
+            self.more.remove(&(id, next));
+            self.first.insert(id, next);
+        }
+    }
+
+    /// Every ref whose key hashes to `id`.
+    fn refs(&self, id: u64) -> impl Iterator<Item = SeriesRef> + '_ {
+        let more = self.more.range((id, 0)..=(id, SeriesRef::MAX));
+        self.first
+            .get(&id)
+            .copied()
+            .into_iter()
+            .chain(more.map(|&(_, r)| r))
+    }
+
+    fn len(&self) -> usize {
+        self.first.len() + self.more.len()
+    }
+}
+
+/// Hashes a `SeriesId` to itself (it is xxh3 output already).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
 /// The storage engine of one shard. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
     fs: Arc<dyn Fs>,
     cfg: EngineConfig,
     series: Vec<Option<MemSeries>>,
-    /// (SeriesId, ref): every ref whose key hashes to the id (S1).
-    by_id: BTreeSet<(u64, SeriesRef)>,
+    /// Every ref whose key hashes to an id (S1).
+    by_id: ById,
     index: Index,
     usage: BTreeMap<Tenant, TenantUsage>,
     blocks: Vec<Block>,
@@ -463,7 +530,7 @@ impl Engine {
             fs,
             cfg,
             series: Vec::new(),
-            by_id: BTreeSet::new(),
+            by_id: ById::default(),
             index: Index::new(),
             usage: BTreeMap::new(),
             blocks: Vec::new(),
@@ -515,8 +582,18 @@ impl Engine {
     /// is created (or re-activated, and counted against the limits) only when one of its samples
     /// is stored: refused samples and duplicates leave no trace.
     pub fn append(&mut self, key: &SeriesKey, samples: &[Sample]) -> Result<AppendOutcome> {
+        let r = self.find_ref(key);
+        self.append_found(key, r, samples)
+    }
+
+    /// [`Self::append`] of a series already looked up (`r`: its ref, if stored).
+    fn append_found(
+        &mut self,
+        key: &SeriesKey,
+        mut r: Option<SeriesRef>,
+        samples: &[Sample],
+    ) -> Result<AppendOutcome> {
         let mut out = AppendOutcome::default();
-        let mut r = self.find_ref(key);
         for s in samples {
             match self.check_sample(key, r, *s)? {
                 Verdict::Refused(err) => out.reject(err, 1),
@@ -534,25 +611,85 @@ impl Engine {
         Ok(out)
     }
 
-    /// Applies a batch of series (what a Raft entry carries). Deterministic (S3).
-    pub fn apply_batch(&mut self, batch: &[(SeriesKey, Vec<Sample>)]) -> Result<AppendOutcome> {
+    /// Applies a batch (what a Raft entry carries), series by series as [`Self::append`] would.
+    /// Deterministic (S3). A series is looked up by its canonical bytes in place; its key is
+    /// decoded only when it is new here, or when a sample is not simply the next one of an
+    /// active series (a duplicate, out of order, refused).
+    pub fn apply_batch(&mut self, batch: &WriteBatch) -> Result<AppendOutcome> {
         let mut out = AppendOutcome::default();
-        for (key, samples) in batch {
-            out.absorb(self.append(key, samples)?);
+        for series in batch.iter() {
+            let r = self.find_canonical(series.id().0, series.canonical());
+            if let Some(r) = r
+                && self.append_in_order(r, series.samples())
+            {
+                out.appended += series.sample_count() as u64;
+                continue;
+            }
+            let key = match r {
+                Some(r) => self.series[r as usize]
+                    .as_ref()
+                    .expect("ref is live")
+                    .key
+                    .clone(),
+                None => match series.key() {
+                    Ok(key) => key,
+                    // B2 of `batch`: bytes that are no key fail this series alone.
+                    Err(e) => {
+                        out.reject(e, series.sample_count() as u64);
+                        continue;
+                    }
+                },
+            };
+            let samples: Vec<Sample> = series.samples().collect();
+            out.absorb(self.append_found(&key, r, &samples)?);
         }
         Ok(out)
     }
 
+    /// The common case of [`Self::apply_batch`], which needs no key: active series `r` and
+    /// samples each newer than the one before and than the series' newest, inside S7 and
+    /// retention. Stores them all and returns true, exactly as [`Self::append_found`] would
+    /// (every sample is `Verdict::New` and the series is already active); otherwise stores
+    /// nothing and returns false.
+    fn append_in_order(
+        &mut self,
+        r: SeriesRef,
+        samples: impl Iterator<Item = Sample> + Clone,
+    ) -> bool {
+        let raw_dropped = self.dropped_until_ms[&Tier::Raw];
+        let series = self.series[r as usize].as_ref().expect("ref is live");
+        if !series.active {
+            return false;
+        }
+        let mut newest = series.max_ts;
+        for s in samples.clone() {
+            let in_range = (-TS_ABS_MAX_MS..=TS_ABS_MAX_MS).contains(&s.ts_ms);
+            if s.ts_ms <= newest || s.ts_ms <= raw_dropped || !in_range {
+                return false;
+            }
+            newest = s.ts_ms;
+        }
+        for s in samples {
+            self.store(r, s);
+        }
+        true
+    }
+
     fn find_ref(&self, key: &SeriesKey) -> Option<SeriesRef> {
-        let id = key.id().0;
-        self.by_id
-            .range((id, 0)..=(id, SeriesRef::MAX))
-            .map(|&(_, r)| r)
-            .find(|&r| {
-                self.series[r as usize]
-                    .as_ref()
-                    .is_some_and(|s| &s.key == key)
-            })
+        self.find_by_id(key.id().0, |k| k == key)
+    }
+
+    fn find_canonical(&self, id: u64, canonical: &[u8]) -> Option<SeriesRef> {
+        self.find_by_id(id, |k| k.matches_canonical(canonical))
+    }
+
+    /// The series with id `id` whose key `is_it` accepts (S1: the id only narrows the search).
+    fn find_by_id(&self, id: u64, is_it: impl Fn(&SeriesKey) -> bool) -> Option<SeriesRef> {
+        self.by_id.refs(id).find(|&r| {
+            self.series[r as usize]
+                .as_ref()
+                .is_some_and(|s| is_it(&s.key))
+        })
     }
 
     /// Makes the series active, creating it if needed, within the limits.
@@ -609,7 +746,7 @@ impl Engine {
     fn insert_series(&mut self, s: MemSeries) -> SeriesRef {
         let r = SeriesRef::try_from(self.series.len()).expect("fewer than 2^32 series per shard");
         self.index.insert(r, &s.key.tenant, &s.key.labels);
-        self.by_id.insert((s.key.id().0, r));
+        self.by_id.insert(s.key.id().0, r);
         self.series.push(Some(s));
         r
     }
@@ -1228,7 +1365,7 @@ impl Engine {
         for r in &gone {
             let s = self.series[*r as usize].take().expect("ref is live");
             self.index.remove(*r, &s.key.tenant, &s.key.labels);
-            self.by_id.remove(&(s.key.id().0, *r));
+            self.by_id.remove(s.key.id().0, *r);
         }
         if old.is_empty() && gone.is_empty() {
             return self.delete_files(Vec::new());
@@ -1527,14 +1664,20 @@ mod tests {
         assert_eq!(a.id(), b.id(), "the test forces a collision");
         e.append(&a, &[Sample::new(1000, 1.0)]).unwrap();
         e.append(&b, &[Sample::new(1000, 2.0)]).unwrap();
+        // The batch path finds each series by its bytes, not by the shared id.
+        let batch = WriteBatch::from(vec![
+            (b.clone(), vec![Sample::new(2000, 2.5)]),
+            (a.clone(), vec![Sample::new(2000, 1.5)]),
+        ]);
+        assert_eq!(e.apply_batch(&batch).unwrap().appended, 2);
         let check = |e: &Engine| {
             assert_eq!(
                 e.read_series(&a, 0, 5000).unwrap(),
-                vec![Sample::new(1000, 1.0)]
+                vec![Sample::new(1000, 1.0), Sample::new(2000, 1.5)]
             );
             assert_eq!(
                 e.read_series(&b, 0, 5000).unwrap(),
-                vec![Sample::new(1000, 2.0)]
+                vec![Sample::new(1000, 2.0), Sample::new(2000, 2.5)]
             );
         };
         check(&e);
@@ -1545,5 +1688,103 @@ mod tests {
         check(&e);
         assert_eq!(e.stats().series, 2);
         FORCED_SERIES_ID.with(|f| f.set(None));
+    }
+
+    #[test]
+    fn a_batch_series_whose_bytes_are_no_key_fails_alone() {
+        let mut bytes = Vec::new();
+        bytes.put_u32(2);
+        let mut unsorted = Vec::new();
+        for s in ["t", "job", "a", "__name__", "up"] {
+            unsorted.put_bytes(s.as_bytes());
+        }
+        let good = SeriesKey::new(
+            Tenant::new("t").unwrap(),
+            Labels::from_pairs(&[("__name__", "up")]).unwrap(),
+        );
+        for canonical in [unsorted, good.canonical_bytes()] {
+            bytes.put_bytes(&canonical);
+            bytes.put_u32(1);
+            bytes.put_i64(1000);
+            bytes.put_f64(1.0);
+        }
+        let batch = WriteBatch::read(&mut Reader::new(&bytes, "test")).unwrap();
+        let mut e = Engine::open(Arc::new(SimFs::new()), EngineConfig::new("/s")).unwrap();
+        let out = e.apply_batch(&batch).unwrap();
+        assert_eq!((out.appended, out.rejected_total()), (1, 1));
+        assert!(
+            out.errors[0].to_string().contains("sorted"),
+            "{:?}",
+            out.errors
+        );
+        assert_eq!(
+            e.read_series(&good, 0, 5000).unwrap(),
+            vec![Sample::new(1000, 1.0)]
+        );
+    }
+
+    #[test]
+    fn by_id_keeps_every_ref_of_an_id_through_removals() {
+        let mut m = ById::default();
+        for r in [4, 2, 9] {
+            m.insert(7, r);
+        }
+        m.insert(8, 1);
+        let refs = |m: &ById, id| {
+            let mut v: Vec<_> = m.refs(id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(refs(&m, 7), [2, 4, 9]);
+        m.remove(7, 4); // the first ref of the id: another takes its place
+        assert_eq!(refs(&m, 7), [2, 9]);
+        m.remove(7, 9);
+        assert_eq!(refs(&m, 7), [2]);
+        m.remove(7, 2);
+        assert_eq!(refs(&m, 7), Vec::<SeriesRef>::new());
+        assert_eq!((refs(&m, 8), m.len()), (vec![1], 1));
+    }
+
+    #[test]
+    fn a_batch_applies_exactly_as_appending_its_series_one_by_one() {
+        // Each case goes through the fast path (in order, active) or the general one
+        // (new series, duplicates, out of order, a different value at a stored timestamp).
+        let tenant = Tenant::new("t").unwrap();
+        let key = |m: &str| {
+            SeriesKey::new(
+                tenant.clone(),
+                Labels::from_pairs(&[("__name__", m)]).unwrap(),
+            )
+        };
+        let rounds: Vec<Vec<(SeriesKey, Vec<Sample>)>> = vec![
+            vec![(key("a"), vec![Sample::new(10, 1.0), Sample::new(20, 2.0)])],
+            vec![
+                (key("a"), vec![Sample::new(30, 3.0), Sample::new(40, 4.0)]),
+                (key("b"), vec![Sample::new(5, 0.5)]),
+            ],
+            vec![(key("a"), vec![Sample::new(40, 4.0), Sample::new(50, 5.0)])],
+            vec![(key("a"), vec![Sample::new(35, 3.5), Sample::new(60, 6.0)])],
+            vec![
+                (key("a"), vec![Sample::new(60, 9.0)]),
+                (key("b"), vec![Sample::new(6, 0.6)]),
+            ],
+            vec![(key("b"), vec![Sample::new(7, 0.7), Sample::new(7, 0.8)])],
+        ];
+        let open = || Engine::open(Arc::new(SimFs::new()), EngineConfig::new("/s")).unwrap();
+        let (mut batched, mut one_by_one) = (open(), open());
+        for round in &rounds {
+            let got = batched.apply_batch(&WriteBatch::from(&round[..])).unwrap();
+            let mut want = AppendOutcome::default();
+            for (k, samples) in round {
+                want.absorb(one_by_one.append(k, samples).unwrap());
+            }
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        for m in ["a", "b"] {
+            assert_eq!(
+                batched.read_series(&key(m), 0, 100).unwrap(),
+                one_by_one.read_series(&key(m), 0, 100).unwrap()
+            );
+        }
     }
 }

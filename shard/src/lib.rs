@@ -8,6 +8,7 @@
 //!
 //! ## Map
 //! - [`series`]: tenant + labels, validation, the stable [`series::SeriesId`].
+//! - [`batch`]: [`batch::WriteBatch`], the encoded form a write keeps from router to engine.
 //! - [`chunk`]: Gorilla chunk codec (delta-of-delta timestamps, XOR floats).
 //! - [`matcher`], [`index`]: label matchers and the inverted index (roaring postings).
 //! - [`query`], [`rangefn`], [`partial`]: partial-aggregation requests, range functions, and the
@@ -36,6 +37,7 @@
 //!   queries outside are refused with an error, so time arithmetic inside the crate cannot
 //!   overflow.
 
+pub mod batch;
 pub mod block;
 pub mod chunk;
 pub mod clock;
@@ -53,6 +55,7 @@ pub mod series;
 pub mod sim_fs;
 pub mod workload;
 
+pub use batch::{BatchSeries, WriteBatch, WriteBatchBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use fs::{Fs, FsFile, StdFs};

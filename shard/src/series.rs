@@ -343,10 +343,6 @@ impl SeriesKey {
 
     /// xxh3-64 (seed 0) of the canonical bytes.
     pub fn id(&self) -> SeriesId {
-        #[cfg(test)]
-        if let Some(forced) = FORCED_SERIES_ID.with(|f| f.get()) {
-            return SeriesId(forced);
-        }
         // This runs for every series of every write: the bytes go into a per-thread buffer
         // that is reused, then one one-shot hash. (Streaming the pieces into `Xxh3` instead
         // copies each piece into the hasher's own buffer and cost ~10% of ingest CPU; a fresh
@@ -358,9 +354,37 @@ impl SeriesKey {
             let mut buf = buf.borrow_mut();
             buf.clear();
             self.put_canonical(&mut buf);
-            SeriesId(xxhash_rust::xxh3::xxh3_64(&buf))
+            series_id_of_canonical(&buf)
         })
     }
+
+    /// Whether `canonical` is this key's [`Self::canonical_bytes`], compared in place (no
+    /// allocation): how the engine confirms a series found by id (S1).
+    pub fn matches_canonical(&self, canonical: &[u8]) -> bool {
+        let mut rest = canonical;
+        let mut eat = |s: &str| -> bool {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                return false;
+            };
+            let n = s.len();
+            if u32::from_le_bytes(*len) as usize != n || tail.get(..n) != Some(s.as_bytes()) {
+                return false;
+            }
+            rest = &tail[n..];
+            true
+        };
+        let same = eat(&self.tenant.0) && self.labels.iter().all(|l| eat(&l.name) && eat(&l.value));
+        same && rest.is_empty()
+    }
+}
+
+/// The [`SeriesId`] of the key whose [`SeriesKey::canonical_bytes`] are `canonical`.
+pub fn series_id_of_canonical(canonical: &[u8]) -> SeriesId {
+    #[cfg(test)]
+    if let Some(forced) = FORCED_SERIES_ID.with(|f| f.get()) {
+        return SeriesId(forced);
+    }
+    SeriesId(xxhash_rust::xxh3::xxh3_64(canonical))
 }
 
 impl fmt::Display for SeriesKey {
