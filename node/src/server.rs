@@ -1,5 +1,7 @@
 //! One running node: its registry of Raft replicas, its gRPC server (Raft traffic and the
 //! public API of [`crate::grpc_api`]), its HTTP API and its control loop. `strata start` runs one per process; `strata dev` runs three in one.
+//! Disk, meta store, clock and network come from a [`NodeEnv`]: the machine's
+//! ([`NodeServer::start`]) or the simulator's ([`NodeServer::start_with`], `tests/sim`).
 //!
 //! ## The control loop (every [`TICK`], on every node)
 //! Every step only adds what is missing and is safe to repeat, so a node that crashes
@@ -45,19 +47,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::Stream;
 use strata_raft::meta::{MetaCommand, MetaResponse, MetaState};
 use strata_raft::network::Forwarder;
-use strata_raft::network::grpc::{self, GrpcConfig, GrpcNetwork, GrpcRouter};
+use strata_raft::network::grpc::{self, Dialer, GrpcConfig, GrpcNetwork, GrpcRouter, TcpDialer};
 use strata_raft::registry::{Consistency, MetaStoreKind, ProposeError, Registry, RegistryConfig};
 use strata_raft::types::{Command, GroupId, META_GROUP, NodeId, NodeInfo, Response};
 use strata_router::placement;
 use strata_router::remote_write::RemoteWriteLimits;
 use strata_router::ring::{ShardId, group_of};
 use strata_router::write::{Writer, WriterConfig};
-use strata_shard::{Clock, StdFs, SystemClock};
+use strata_shard::{Clock, Fs, StdFs, SystemClock};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::transport::server::Connected;
 
 use crate::config::{NodeConfig, Peer};
 use crate::http::HttpState;
@@ -102,6 +107,31 @@ struct HttpServer {
     task: JoinHandle<std::io::Result<()>>,
 }
 
+/// What a node runs on: its disk, where the meta group's state lives, its clock and how it
+/// reaches other nodes. [`NodeEnv::machine`] is the real machine; the simulator (`tests/sim`)
+/// passes its simulated disk, an in-memory meta store, simulated time and network, so a seed
+/// replays a run exactly.
+#[derive(Clone)]
+pub struct NodeEnv {
+    pub fs: Arc<dyn Fs>,
+    pub meta_store: MetaStoreKind,
+    pub clock: Arc<dyn Clock>,
+    pub dialer: Arc<dyn Dialer>,
+}
+
+impl NodeEnv {
+    /// Real files under `config.data_dir` (the meta state in sled there), the system clock and
+    /// TCP.
+    pub fn machine(config: &NodeConfig) -> NodeEnv {
+        NodeEnv {
+            fs: Arc::new(StdFs),
+            meta_store: MetaStoreKind::Sled(config.data_dir.join("meta-sled")),
+            clock: Arc::new(SystemClock),
+            dialer: Arc::new(TcpDialer),
+        }
+    }
+}
+
 /// One running node (module doc).
 pub struct NodeServer {
     settings: Settings,
@@ -127,6 +157,22 @@ impl NodeServer {
         config: &NodeConfig,
         raft_listener: tokio::net::TcpListener,
     ) -> anyhow::Result<NodeServer> {
+        let env = NodeEnv::machine(config);
+        Self::start_with(config, env, grpc::tcp_incoming(raft_listener)).await
+    }
+
+    /// [`Self::start`] on `env` (its disk, meta store, clock and network), serving Raft gRPC
+    /// and the public API on the connections `incoming` yields: the simulator's entry.
+    pub async fn start_with<I, IO, IE>(
+        config: &NodeConfig,
+        env: NodeEnv,
+        incoming: I,
+    ) -> anyhow::Result<NodeServer>
+    where
+        I: Stream<Item = Result<IO, IE>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
         config.validate()?;
         let id = config.node_id;
         let info = NodeInfo {
@@ -134,14 +180,16 @@ impl NodeServer {
             zone: config.zone.clone(),
         };
         let root = config.data_dir.clone();
-        std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-        let mut registry_config = RegistryConfig::new(id, Arc::new(StdFs), &root);
-        registry_config.meta_store = MetaStoreKind::Sled(root.join("meta-sled"));
+        env.fs
+            .create_dir_all(&root)
+            .with_context(|| format!("create {}", root.display()))?;
+        let mut registry_config = RegistryConfig::new(id, Arc::clone(&env.fs), &root);
+        registry_config.meta_store = env.meta_store;
         registry_config.raft.heartbeat_ms = config.raft.heartbeat_ms;
         registry_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
         registry_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         registry_config.propose_timeout = Duration::from_millis(config.raft.propose_timeout_ms);
-        let net = GrpcNetwork::new(GrpcConfig::default());
+        let net = GrpcNetwork::with_dialer(GrpcConfig::default(), env.dialer);
         let registry = Registry::open(registry_config, net.router(id))
             .await
             .with_context(|| format!("node {id}: open its data at {}", root.display()))?;
@@ -150,7 +198,7 @@ impl NodeServer {
             Arc::clone(&registry),
             router.clone(),
             WriterConfig::default(),
-            Arc::new(SystemClock),
+            Arc::clone(&env.clock),
         );
         // One write state for both front ends: they share the in-flight bound.
         let write_state = Arc::new(HttpState {
@@ -166,7 +214,7 @@ impl NodeServer {
         let routes = tonic::service::Routes::new(grpc::service(handler))
             .add_service(crate::grpc_api::service(Arc::clone(&write_state)));
         let raft_server = tokio::spawn(async move {
-            grpc::serve_tcp_routes(routes, raft_listener, async {
+            grpc::serve_routes(routes, incoming, async {
                 let _ = stopped.await;
             })
             .await
@@ -193,6 +241,7 @@ impl NodeServer {
             leaders: BTreeMap::new(),
             last_error: BTreeMap::new(),
             said_ring: false,
+            clock: env.clock,
         };
         let control = tokio::spawn(controller.run(stop_rx));
         Ok(NodeServer {
@@ -511,6 +560,8 @@ struct Controller {
     /// The last error logged per topic: an error is logged when it changes, not every tick.
     last_error: BTreeMap<String, String>,
     said_ring: bool,
+    /// Wall-clock time for what the meta group records (the ring's epoch start).
+    clock: Arc<dyn Clock>,
 }
 
 impl Controller {
@@ -693,7 +744,7 @@ impl Controller {
             self.propose_meta(MetaCommand::SetRing {
                 shards: self.s.shards,
                 vnodes_per_shard: self.s.vnodes_per_shard,
-                now_ms: SystemClock.now_ms(),
+                now_ms: self.clock.now_ms(),
             })
             .await?;
             return Ok(()); // Placements next tick, from the state with the ring.

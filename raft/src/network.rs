@@ -42,6 +42,8 @@ use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, SnapshotMeta, T
 
 pub mod grpc;
 pub mod local;
+#[cfg(feature = "turmoil")]
+pub mod turmoil_net;
 mod wire;
 
 /// Sends a client proposal to another node (the router's half of a transport): what

@@ -6,10 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -24,14 +22,14 @@ use openraft_multi::GroupRouter;
 use strata_proto::raft as pb;
 use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use strata_raft::codec;
-use strata_raft::network::grpc::{self, Dialer, GrpcConfig, GrpcNetwork, GrpcRouter, Io};
+use strata_raft::network::grpc::{self, GrpcConfig, GrpcNetwork, GrpcRouter};
+use strata_raft::network::turmoil_net::{self, TurmoilDialer};
 use strata_raft::network::{HandlerError, HandlerResult, RaftHandler, Snapshot};
 use strata_raft::registry::{Consistency, ProposeError, ReadError, Registry, RegistryConfig};
 use strata_raft::snapshot::SnapshotFiles;
 use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote};
 use strata_shard::sim_fs::SimFs;
 use strata_shard::{Fs, Labels, Sample, SeriesKey, Tenant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -721,53 +719,6 @@ async fn sends_to_self_and_to_dead_or_silent_peers_fail_within_the_deadline() {
 // ---------------------------------------------------------------------------------------------
 // The same cluster over turmoil's simulated network.
 
-/// turmoil's TCP as a [`Dialer`].
-struct TurmoilDialer;
-
-impl Dialer for TurmoilDialer {
-    fn dial(&self, addr: &str) -> BoxFuture<'static, std::io::Result<Box<dyn Io>>> {
-        let addr = addr.to_string();
-        Box::pin(async move {
-            let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(stream) as Box<dyn Io>)
-        })
-    }
-}
-
-/// An accepted turmoil stream, with the `Connected` tonic's server wants.
-struct Accepted(turmoil::net::TcpStream);
-
-impl tonic::transport::server::Connected for Accepted {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl AsyncRead for Accepted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Accepted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 const TURMOIL_PORT: u16 = 7000;
 
 #[test]
@@ -791,13 +742,10 @@ fn three_hosts_replicate_over_a_simulated_network() {
                 for init in [false, true] {
                     create_groups(&node, &GROUPS, &members, init).await;
                 }
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", TURMOIL_PORT)).await?;
-                let incoming = futures::stream::unfold(listener, |l| async move {
-                    let accepted = l.accept().await.map(|(s, _)| Accepted(s));
-                    Some((accepted, l))
-                });
+                let incoming = turmoil_net::incoming(TURMOIL_PORT).await?;
                 nodes.lock().unwrap().insert(id, Arc::clone(&node));
-                grpc::serve(node, incoming, futures::future::pending()).await?;
+                let routes = tonic::service::Routes::new(grpc::service(node));
+                grpc::serve_routes(routes, incoming, futures::future::pending()).await?;
                 Ok(())
             }
         });

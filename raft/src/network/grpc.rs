@@ -11,8 +11,9 @@
 //!   `GroupNetworkFactory<GrpcRouter, GroupId>` openraft's `RaftNetworkFactory`.
 //!
 //! ## Receiving side
-//! - [`service`]: the tonic service over a node's [`RaftHandler`]; [`serve`] runs it on any
-//!   stream of accepted connections (`serve_with_incoming`), [`serve_tcp`] on a tokio listener.
+//! - [`service`]: the tonic service over a node's [`RaftHandler`]; [`serve_routes`] runs it
+//!   (with whatever services the node adds beside it) on any stream of accepted connections
+//!   (`serve_with_incoming`), [`serve_tcp_routes`] and [`serve_tcp`] on a tokio listener.
 //!   A snapshot stream goes through a [`SnapshotReceiver`] into the handler's staging
 //!   directory, then to `RaftHandler::install_snapshot` (N4).
 //!
@@ -783,24 +784,6 @@ pub fn service(handler: Arc<dyn RaftHandler>) -> RaftTransportServer<RaftService
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
-/// Serves `handler` on the connections `incoming` yields (a tokio listener, a simulated one)
-/// until `shutdown` completes.
-pub async fn serve<I, IO, IE>(
-    handler: Arc<dyn RaftHandler>,
-    incoming: I,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error>
-where
-    I: Stream<Item = Result<IO, IE>>,
-    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    Server::builder()
-        .add_service(service(handler))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-}
-
 /// Serves `handler` on a bound tokio TCP listener until `shutdown` completes.
 pub async fn serve_tcp(
     handler: Arc<dyn RaftHandler>,
@@ -817,14 +800,35 @@ pub async fn serve_tcp_routes(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = futures::stream::unfold(listener, |listener| async move {
+    serve_routes(routes, tcp_incoming(listener), shutdown).await
+}
+
+/// The connections `listener` accepts, with Nagle off.
+pub fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static {
+    futures::stream::unfold(listener, |listener| async move {
         let accepted = listener.accept().await.map(|(stream, _)| {
             // Best effort: a socket without TCP_NODELAY still works, only slower.
             let _ = stream.set_nodelay(true);
             stream
         });
         Some((accepted, listener))
-    });
+    })
+}
+
+/// Serves `routes` on any stream of accepted connections (TCP, or a simulated network's)
+/// until `shutdown` completes.
+pub async fn serve_routes<I, IO, IE>(
+    routes: Routes,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
