@@ -34,7 +34,6 @@
 //! relative to each series' newest sample, and the seal cut is derived from the data (S3).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -417,79 +416,14 @@ enum Verdict {
     Refused(Error),
 }
 
-/// Series refs by `SeriesId`: the lookup of every written series, so a hash map (the id is
-/// a hash already, so the identity hasher spreads it). It is never iterated, so its order
-/// cannot reach what a replica does (S3). Distinct keys with one id (S1) are rare: the first
-/// ref of an id is in `first`, any others in `more`.
-#[derive(Debug, Default)]
-struct ById {
-    #[allow(clippy::disallowed_types)] // looked up, never iterated (see above)
-    first: std::collections::HashMap<u64, SeriesRef, BuildHasherDefault<IdHasher>>,
-    more: BTreeSet<(u64, SeriesRef)>,
-}
-
-impl ById {
-    fn insert(&mut self, id: u64, r: SeriesRef) {
-        if *self.first.entry(id).or_insert(r) != r {
-            self.more.insert((id, r));
-        }
-    }
-
-    fn remove(&mut self, id: u64, r: SeriesRef) {
-        if self.first.get(&id) != Some(&r) {
-            self.more.remove(&(id, r));
-            return;
-        }
-        self.first.remove(&id);
-        if let Some(&(_, next)) = self.more.range((id, 0)..=(id, SeriesRef::MAX)).next() {
-            self.more.remove(&(id, next));
-            self.first.insert(id, next);
-        }
-    }
-
-    /// Every ref whose key hashes to `id`.
-    fn refs(&self, id: u64) -> impl Iterator<Item = SeriesRef> + '_ {
-        let more = self.more.range((id, 0)..=(id, SeriesRef::MAX));
-        self.first
-            .get(&id)
-            .copied()
-            .into_iter()
-            .chain(more.map(|&(_, r)| r))
-    }
-
-    fn len(&self) -> usize {
-        self.first.len() + self.more.len()
-    }
-}
-
-/// Hashes a `SeriesId` to itself (it is xxh3 output already).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id;
-    }
-}
-
 /// The storage engine of one shard. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
     fs: Arc<dyn Fs>,
     cfg: EngineConfig,
     series: Vec<Option<MemSeries>>,
-    /// Every ref whose key hashes to an id (S1).
-    by_id: ById,
+    /// (SeriesId, ref): every ref whose key hashes to the id (S1).
+    by_id: BTreeSet<(u64, SeriesRef)>,
     index: Index,
     usage: BTreeMap<Tenant, TenantUsage>,
     blocks: Vec<Block>,
@@ -530,7 +464,7 @@ impl Engine {
             fs,
             cfg,
             series: Vec::new(),
-            by_id: ById::default(),
+            by_id: BTreeSet::new(),
             index: Index::new(),
             usage: BTreeMap::new(),
             blocks: Vec::new(),
@@ -685,11 +619,14 @@ impl Engine {
 
     /// The series with id `id` whose key `is_it` accepts (S1: the id only narrows the search).
     fn find_by_id(&self, id: u64, is_it: impl Fn(&SeriesKey) -> bool) -> Option<SeriesRef> {
-        self.by_id.refs(id).find(|&r| {
-            self.series[r as usize]
-                .as_ref()
-                .is_some_and(|s| is_it(&s.key))
-        })
+        self.by_id
+            .range((id, 0)..=(id, SeriesRef::MAX))
+            .map(|&(_, r)| r)
+            .find(|&r| {
+                self.series[r as usize]
+                    .as_ref()
+                    .is_some_and(|s| is_it(&s.key))
+            })
     }
 
     /// Makes the series active, creating it if needed, within the limits.
@@ -746,7 +683,7 @@ impl Engine {
     fn insert_series(&mut self, s: MemSeries) -> SeriesRef {
         let r = SeriesRef::try_from(self.series.len()).expect("fewer than 2^32 series per shard");
         self.index.insert(r, &s.key.tenant, &s.key.labels);
-        self.by_id.insert(s.key.id().0, r);
+        self.by_id.insert((s.key.id().0, r));
         self.series.push(Some(s));
         r
     }
@@ -1365,7 +1302,7 @@ impl Engine {
         for r in &gone {
             let s = self.series[*r as usize].take().expect("ref is live");
             self.index.remove(*r, &s.key.tenant, &s.key.labels);
-            self.by_id.remove(s.key.id().0, *r);
+            self.by_id.remove(&(s.key.id().0, *r));
         }
         if old.is_empty() && gone.is_empty() {
             return self.delete_files(Vec::new());
@@ -1721,28 +1658,6 @@ mod tests {
             e.read_series(&good, 0, 5000).unwrap(),
             vec![Sample::new(1000, 1.0)]
         );
-    }
-
-    #[test]
-    fn by_id_keeps_every_ref_of_an_id_through_removals() {
-        let mut m = ById::default();
-        for r in [4, 2, 9] {
-            m.insert(7, r);
-        }
-        m.insert(8, 1);
-        let refs = |m: &ById, id| {
-            let mut v: Vec<_> = m.refs(id).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(refs(&m, 7), [2, 4, 9]);
-        m.remove(7, 4); // the first ref of the id: another takes its place
-        assert_eq!(refs(&m, 7), [2, 9]);
-        m.remove(7, 9);
-        assert_eq!(refs(&m, 7), [2]);
-        m.remove(7, 2);
-        assert_eq!(refs(&m, 7), Vec::<SeriesRef>::new());
-        assert_eq!((refs(&m, 8), m.len()), (vec![1], 1));
     }
 
     #[test]
