@@ -62,6 +62,11 @@ pub struct RaftSection {
     pub election_timeout_max_ms: u64,
     /// How long a write may wait for its shard to commit it before the sender is told to retry.
     pub propose_timeout_ms: u64,
+    /// A group snapshots its state machine after this many log entries since its last one.
+    pub snapshot_after_entries: u64,
+    /// Log entries a group keeps behind its snapshot, so a follower that lags by fewer catches
+    /// up from the log rather than by a snapshot.
+    pub keep_after_snapshot: u64,
 }
 
 impl Default for RaftSection {
@@ -71,6 +76,8 @@ impl Default for RaftSection {
             election_timeout_min_ms: 1500,
             election_timeout_max_ms: 3000,
             propose_timeout_ms: 5000,
+            snapshot_after_entries: 10_000,
+            keep_after_snapshot: 1000,
         }
     }
 }
@@ -235,6 +242,10 @@ impl NodeConfig {
         ensure!(
             r.election_timeout_min_ms < r.election_timeout_max_ms,
             "raft.election_timeout_min_ms must be below raft.election_timeout_max_ms"
+        );
+        ensure!(
+            r.snapshot_after_entries > 0,
+            "raft.snapshot_after_entries must be > 0"
         );
         ensure!(
             r.propose_timeout_ms > 0,

@@ -117,6 +117,9 @@ pub struct NodeEnv {
     pub meta_store: MetaStoreKind,
     pub clock: Arc<dyn Clock>,
     pub dialer: Arc<dyn Dialer>,
+    /// The simulator's negative controls (deliberate bugs); off unless it turns them on.
+    #[cfg(feature = "fault-injection")]
+    pub faults: strata_raft::faults::Faults,
 }
 
 impl NodeEnv {
@@ -128,6 +131,8 @@ impl NodeEnv {
             meta_store: MetaStoreKind::Sled(config.data_dir.join("meta-sled")),
             clock: Arc::new(SystemClock),
             dialer: Arc::new(TcpDialer),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         }
     }
 }
@@ -185,7 +190,13 @@ impl NodeServer {
             .with_context(|| format!("create {}", root.display()))?;
         let mut registry_config = RegistryConfig::new(id, Arc::clone(&env.fs), &root);
         registry_config.meta_store = env.meta_store;
+        #[cfg(feature = "fault-injection")]
+        {
+            registry_config.faults = env.faults;
+        }
         registry_config.raft.heartbeat_ms = config.raft.heartbeat_ms;
+        registry_config.raft.snapshot_after_entries = config.raft.snapshot_after_entries;
+        registry_config.raft.keep_after_snapshot = config.raft.keep_after_snapshot;
         registry_config.raft.election_timeout_min_ms = config.raft.election_timeout_min_ms;
         registry_config.raft.election_timeout_max_ms = config.raft.election_timeout_max_ms;
         registry_config.propose_timeout = Duration::from_millis(config.raft.propose_timeout_ms);

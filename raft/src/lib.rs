@@ -30,6 +30,8 @@
 //!   [`network::grpc`], the tonic transport between nodes (`strata-proto` wire types; one
 //!   channel per peer, deadlines, chunked snapshots).
 //!
+//! - `faults` (feature `fault-injection`, the simulator's): deliberate bugs (skip the WAL's
+//!   fsync, acknowledge before quorum) for the negative controls that prove the checkers work.
 //! - [`registry`]: a node's replicas (create / start / stop / drop at runtime, the meta group
 //!   included), the client API the router uses (`propose` → applied | `NotLeader{hint}` |
 //!   `Busy` | `OutcomeUnknown` | `Timeout`; `read` / `read_meta` with strong / leader / any),
@@ -40,6 +42,8 @@
 //! about labels beyond handing batches to the shard engine.
 
 pub mod codec;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod log_store;
 pub mod meta;
 pub mod meta_sm;

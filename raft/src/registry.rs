@@ -126,6 +126,9 @@ pub struct RegistryConfig {
     pub seed: u64,
     /// The meta group's store.
     pub meta_store: MetaStoreKind,
+    /// Deliberate bugs for the simulator's negative controls; all off by default.
+    #[cfg(feature = "fault-injection")]
+    pub faults: crate::faults::Faults,
 }
 
 impl RegistryConfig {
@@ -142,6 +145,8 @@ impl RegistryConfig {
             propose_timeout: Duration::from_secs(10),
             seed: node,
             meta_store: MetaStoreKind::Memory,
+            #[cfg(feature = "fault-injection")]
+            faults: crate::faults::Faults::default(),
         }
     }
 
@@ -335,10 +340,16 @@ impl<T: Transport> Registry<T> {
         let fs = Arc::clone(&config.fs);
         let staging = config.root.join("staging");
         delete_tree(&*fs, &staging).map_err(|e| storage(format!("clear staging: {e}")))?;
+        #[allow(unused_mut)]
+        let mut wal_config = config.wal.clone();
+        #[cfg(feature = "fault-injection")]
+        {
+            wal_config.skip_fsync |= config.faults.skip_wal_fsync;
+        }
         let wal = SharedWal::open_with(
             Arc::clone(&fs),
             config.root.join("wal"),
-            config.wal.clone(),
+            wal_config,
             config.decoded_cache_bytes_max,
         )
         .map_err(|e| storage(format!("open WAL: {e}")))?;
@@ -563,8 +574,30 @@ impl<T: Transport> Registry<T> {
             });
         let timeout = self.config.propose_timeout;
         let seed = mix(self.config.seed ^ group);
+        #[cfg(feature = "fault-injection")]
+        let ack_early = self.config.faults.ack_before_quorum && self.is_leader(group);
         async move {
             let (replica, _permit) = admitted?;
+            #[cfg(feature = "fault-injection")]
+            if ack_early
+                && let (GroupRaft::Shard(raft, _), Command::Write(batch)) =
+                    (&replica.raft, &command)
+            {
+                // The negative control: acknowledge what the leader has merely handed to
+                // Raft, as if every sample were new.
+                let appended = batch.sample_count() as u64;
+                return match raft.client_write_ff(command, None).await {
+                    Ok(()) => Ok(Response::Write(crate::types::WriteOutcome {
+                        appended,
+                        ..Default::default()
+                    })),
+                    Err(e) => Err(ProposeError::Stopped {
+                        node,
+                        group,
+                        reason: e.to_string(),
+                    }),
+                };
+            }
             let write = Runtime::scope(seed, async move {
                 on_raft!(&replica.raft, raft => raft.client_write(command).await)
             });

@@ -181,6 +181,9 @@ pub struct WalConfig {
     /// The largest body of one Entries record. A larger append is split into several records;
     /// an entry that does not fit alone is refused with [`WalError::TooLarge`].
     pub record_bytes_max: usize,
+    /// A negative control (`faults::Faults::skip_wal_fsync`): flushes skip the fsync.
+    #[cfg(feature = "fault-injection")]
+    pub skip_fsync: bool,
 }
 
 impl Default for WalConfig {
@@ -189,6 +192,8 @@ impl Default for WalConfig {
             segment_bytes_target: 64 << 20,
             cache_bytes_max: 16 << 20,
             record_bytes_max: 16 << 20,
+            #[cfg(feature = "fault-injection")]
+            skip_fsync: false,
         }
     }
 }
@@ -746,6 +751,9 @@ pub struct FlushJob {
     dead: Vec<u64>,
     #[cfg_attr(not(test), allow(dead_code))]
     failpoints: Failpoints,
+    /// The negative control `WalConfig::skip_fsync`.
+    #[cfg(feature = "fault-injection")]
+    skip_fsync: bool,
 }
 
 impl FlushJob {
@@ -772,7 +780,13 @@ impl FlushJob {
                 .write_all(&chunk.bytes)
                 .map_err(io_err("write", &path))?;
             fail_point!(self.failpoints, BeforeSegmentSync, "sync", &path);
-            self.file.sync().map_err(io_err("sync", &path))?;
+            #[cfg(feature = "fault-injection")]
+            let skip = self.skip_fsync;
+            #[cfg(not(feature = "fault-injection"))]
+            let skip = false;
+            if !skip {
+                self.file.sync().map_err(io_err("sync", &path))?;
+            }
             fail_point!(self.failpoints, AfterSegmentSync, "sync", &path);
             if created {
                 fail_point!(self.failpoints, BeforeDirSync, "sync", &self.dir);
@@ -1108,6 +1122,8 @@ impl Wal {
             upto: self.last_seq,
             dead,
             failpoints: self.failpoints.clone(),
+            #[cfg(feature = "fault-injection")]
+            skip_fsync: self.config.skip_fsync,
         }))
     }
 

@@ -139,6 +139,7 @@ fn small() -> WalConfig {
         segment_bytes_target: 512,
         cache_bytes_max: 300,
         record_bytes_max: 128,
+        ..WalConfig::default()
     }
 }
 

@@ -17,6 +17,7 @@ fn config() -> WalConfig {
         segment_bytes_target: 300,
         cache_bytes_max: 200,
         record_bytes_max: 128,
+        ..WalConfig::default()
     }
 }
 

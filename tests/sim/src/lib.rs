@@ -6,13 +6,29 @@
 //! `strata_raft::network::turmoil_net`).
 //! Clients are turmoil hosts too, writing through the public gRPC `Write` API ([`client`]).
 //!
-//! Built so far: the seams and a cluster of three nodes in three zones that forms, places its
-//! shards and takes writes (`tests/cluster.rs`). Not built yet (issue "Deterministic
-//! simulation"): nemeses, the history and its checkers, determinism under
-//! `--cfg tokio_unstable`, negative controls, the soak runner.
+//! ## Map
+//! - [`run`]: one run of a seed: the cluster, the clients, the driver that applies the fault
+//!   schedule, healing, the final read of every replica, the verdict ([`run::RunResult`]).
+//! - [`nemesis`]: the fault kinds and the schedule a seed draws.
+//! - [`history`]: every client operation (invoke, completion, outcome) and nemesis action, as
+//!   the checkers' input and as the trace the determinism test compares.
+//! - [`check`]: the checkers C1–C6 (convergence, acknowledged ⇒ present, exactly once, nothing
+//!   invented, one home per series, liveness after healing).
+//! - `src/main.rs`: the soak runner, `cargo run -p strata-sim --release -- --seeds N`.
+//! - `tests/`: the fixed seeds `cargo test` runs, the same-seed-twice determinism test and the
+//!   negative controls (deliberate bugs from `strata_raft::faults` that the checkers must catch).
+//!
+//! Determinism: the workspace builds with `--cfg tokio_unstable` (`.cargo/config.toml`), so
+//! turmoil seeds tokio's scheduler from the run's seed; openraft's elections draw from a seeded
+//! RNG per group; everything here iterates `BTreeMap`s.
 //!
 //! Must not: touch real files, real threads, sled, `std::time`, or `HashMap` iteration order
 //! inside a simulated host.
+
+pub mod check;
+pub mod history;
+pub mod nemesis;
+pub mod run;
 
 use std::sync::Arc;
 
@@ -78,6 +94,7 @@ pub fn node_env(disk: SimFs) -> NodeEnv {
         meta_store: MetaStoreKind::Memory,
         clock: Arc::new(SimClock),
         dialer: Arc::new(TurmoilDialer),
+        faults: Default::default(),
     }
 }
 
