@@ -3,31 +3,41 @@
 //! like `POST /api/v1/write`; its answer maps onto gRPC codes as HTTP statuses map for
 //! remote-write senders (see `proto/proto/api.proto`), with the [`pb::WriteReply`] as the OK
 //! message or, on an error status, encoded in the status details.
+//!
+//! `ReadSeries` reads one series' raw samples from this node's replicas of the shards the
+//! series was routed to ([`Writer::shards_for_series`]), as fresh as the request asks. It is
+//! not forwarded: a node that does not host a shard, or is not its leader when the read must
+//! be confirmed by one, answers UNAVAILABLE naming the leader it knows of. (The query fan-out
+//! will reach every shard from any node.)
 
 use std::sync::Arc;
 
 use prost::Message;
 use strata_proto::api as pb;
 use strata_raft::network::{Forwarder, Transport};
-use strata_router::ring::shard_of_group;
-use strata_router::write::ShardOutcome;
+use strata_raft::registry::{Consistency, ReadError, Registry};
+use strata_router::ring::{group_of, shard_of_group};
+use strata_router::write::{ShardOutcome, Writer};
+use strata_shard::{Label, Labels, SeriesKey};
 use tonic::{Code, Request, Response, Status};
 
 use crate::http::HttpState;
 use crate::ingest::{Ingested, ingest};
 
-/// The `Strata` service over a node's write state.
+/// The `Strata` service over a node's write state and its replicas.
 pub struct Api<T: Transport + Forwarder> {
     state: Arc<HttpState<T>>,
+    registry: Arc<Registry<T>>,
 }
 
 /// The gRPC server of the API, with the message limit the remote-write limits imply.
 pub fn service<T: Transport + Forwarder>(
     state: Arc<HttpState<T>>,
+    registry: Arc<Registry<T>>,
 ) -> pb::strata_server::StrataServer<Api<T>> {
     // The body limit plus room for the tenant and the framing.
     let max = state.limits.body_compressed_bytes_max + 4096;
-    pb::strata_server::StrataServer::new(Api { state }).max_decoding_message_size(max)
+    pb::strata_server::StrataServer::new(Api { state, registry }).max_decoding_message_size(max)
 }
 
 /// The reply describing what a request came to.
@@ -74,8 +84,115 @@ fn code(http_status: u16) -> Code {
     }
 }
 
+/// The series a `ReadSeries` request names, or why it names none.
+fn series_of<T: Transport + Forwarder>(
+    request: &pb::ReadSeriesRequest,
+    state: &HttpState<T>,
+) -> Result<SeriesKey, Status> {
+    let tenant = (!request.tenant.is_empty()).then_some(request.tenant.as_str());
+    let tenant =
+        crate::ingest::tenant(tenant, state.multi_tenant).map_err(Status::invalid_argument)?;
+    let labels = request
+        .labels
+        .iter()
+        .map(|l| Label::new(l.name.clone(), l.value.clone()))
+        .collect();
+    let labels = Labels::new(labels, &state.limits.labels)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if request.start_ms > request.end_ms {
+        return Err(Status::invalid_argument(format!(
+            "start_ms {} is after end_ms {}",
+            request.start_ms, request.end_ms
+        )));
+    }
+    Ok(SeriesKey::new(tenant, labels))
+}
+
+/// Reads `key` in `[start, end]` from this node's replicas of its shards.
+async fn read_series<T: Transport + Forwarder>(
+    writer: &Writer<T>,
+    registry: &Registry<T>,
+    key: &SeriesKey,
+    (start, end): (i64, i64),
+    consistency: Consistency,
+) -> Result<Vec<pb::Sample>, Status> {
+    let shards = writer
+        .shards_for_series(key, start, end)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut samples = Vec::new();
+    for shard in shards {
+        let group = group_of(shard);
+        let read = registry
+            .read(group, consistency, |engine| {
+                engine.read_series(key, start, end)
+            })
+            .await;
+        let unavailable =
+            |why: String| Status::unavailable(format!("series {key}: shard {}: {why}", shard.0));
+        match read {
+            Ok(Ok(found)) => samples.extend(found),
+            Ok(Err(e)) => {
+                return Err(Status::internal(format!(
+                    "series {key}: shard {}: {e}",
+                    shard.0
+                )));
+            }
+            Err(ReadError::NotLeader { leader_hint, .. }) => {
+                return Err(unavailable(match leader_hint {
+                    Some((id, info)) => format!(
+                        "this node is not its leader; read from node {id} at {}",
+                        info.addr
+                    ),
+                    None => "this node is not its leader and knows of none".into(),
+                }));
+            }
+            Err(ReadError::NoSuchGroup { .. }) => {
+                let hint = registry.leader_info(group).map_or_else(
+                    || "no replica here; read from a node that hosts one".to_owned(),
+                    |(id, info)| format!("no replica here; read from node {id} at {}", info.addr),
+                );
+                return Err(unavailable(hint));
+            }
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+    }
+    // Several epochs' shards may each hold a copy of a sample (a ring change): one per time.
+    samples.sort_by_key(|s| s.ts_ms);
+    samples.dedup_by_key(|s| s.ts_ms);
+    Ok(samples
+        .into_iter()
+        .map(|s| pb::Sample {
+            timestamp_ms: s.ts_ms,
+            value: s.value,
+        })
+        .collect())
+}
+
 #[tonic::async_trait]
 impl<T: Transport + Forwarder> pb::strata_server::Strata for Api<T> {
+    async fn read_series(
+        &self,
+        request: Request<pb::ReadSeriesRequest>,
+    ) -> Result<Response<pb::ReadSeriesReply>, Status> {
+        let request = request.into_inner();
+        let key = series_of(&request, &self.state)?;
+        let consistency = match request.consistency() {
+            pb::Consistency::Strong => Consistency::Strong,
+            pb::Consistency::Leader => Consistency::Leader,
+            pb::Consistency::Any => Consistency::Any,
+        };
+        let samples = read_series(
+            &self.state.writer,
+            &self.registry,
+            &key,
+            (request.start_ms, request.end_ms),
+            consistency,
+        )
+        .await?;
+        Ok(Response::new(pb::ReadSeriesReply { samples }))
+    }
+
     async fn write(
         &self,
         request: Request<pb::WriteRequest>,

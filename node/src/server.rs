@@ -222,8 +222,9 @@ impl NodeServer {
         let sampler = crate::metrics::spawn_sampler(Arc::clone(&registry));
         let (raft_stop, stopped) = oneshot::channel::<()>();
         let handler: Arc<dyn strata_raft::network::RaftHandler> = Arc::clone(&registry) as _;
-        let routes = tonic::service::Routes::new(grpc::service(handler))
-            .add_service(crate::grpc_api::service(Arc::clone(&write_state)));
+        let routes = tonic::service::Routes::new(grpc::service(handler)).add_service(
+            crate::grpc_api::service(Arc::clone(&write_state), Arc::clone(&registry)),
+        );
         let raft_server = tokio::spawn(async move {
             grpc::serve_routes(routes, incoming, async {
                 let _ = stopped.await;

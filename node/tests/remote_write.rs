@@ -1,6 +1,7 @@
 //! Prometheus remote write into `strata dev`'s cluster over real HTTP and gRPC on loopback:
 //! every sample of an accepted request is on every replica of its shard; a request with a bad
-//! series gets 400 naming it while its valid series are written; a wrong encoding is refused.
+//! series gets 400 naming it while its valid series are written; a wrong encoding is refused;
+//! gRPC `ReadSeries` reads a series back at its shard's leader and names the leader elsewhere.
 
 use std::time::Duration;
 
@@ -164,6 +165,77 @@ async fn grpc_write_answers_like_remote_write() {
         }
     };
     assert_eq!(stored.len(), 1);
+
+    // ReadSeries: strong at the shard's leader; elsewhere UNAVAILABLE naming the leader.
+    let read = |labels: &[(&str, &str)], start_ms: i64, end_ms: i64| api::ReadSeriesRequest {
+        tenant: String::new(),
+        labels: labels
+            .iter()
+            .map(|(name, value)| api::Label {
+                name: (*name).into(),
+                value: (*value).into(),
+            })
+            .collect(),
+        start_ms,
+        end_ms,
+        consistency: api::Consistency::Strong.into(),
+    };
+    let ok_series = [("instance", "ok"), ("__name__", "grpc_metric")];
+    let leader = cluster.wait_for_leader(group).await.unwrap();
+    let connect = |id: u64| {
+        let addr = cluster.members()[&id].addr.clone();
+        async move {
+            api::strata_client::StrataClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+        }
+    };
+    let samples = connect(leader)
+        .await
+        .read_series(read(&ok_series, 0, i64::MAX))
+        .await
+        .unwrap()
+        .into_inner()
+        .samples;
+    assert_eq!(
+        samples,
+        [api::Sample {
+            timestamp_ms: start,
+            value: 3.0
+        }]
+    );
+    let follower = cluster
+        .members()
+        .into_keys()
+        .find(|id| *id != leader)
+        .unwrap();
+    let status = connect(follower)
+        .await
+        .read_series(read(&ok_series, 0, i64::MAX))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("read from node {leader}")),
+        "{status:?}"
+    );
+    let status = client
+        .read_series(read(&[("__name__", "bad metric name")], 0, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("bad metric name"), "{status:?}");
+    let status = client
+        .read_series(read(&ok_series, 5, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("start_ms 5 is after end_ms 1"),
+        "{status:?}"
+    );
     drop(client);
     cluster.shutdown().await;
 }

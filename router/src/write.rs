@@ -40,7 +40,7 @@
 //! Every sample handed to [`Writer::write`] is counted exactly once in one of the two sample
 //! counters, unless routing fails as a whole (`Err`: nothing is counted here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, Response, WriteBatc
 use strata_shard::series::series_id_of_canonical;
 use strata_shard::{Clock, Sample, SeriesKey, WriteBatchBuilder};
 
-use crate::ring::{Ring, RingError, group_of};
+use crate::ring::{Ring, RingError, RingSet, RoutingSlack, ShardId, group_of};
 
 /// Counter `{node, outcome}`: samples applied by their shard (module doc, Self-metrics).
 pub const SAMPLES_ACCEPTED: &str = "strata_samples_accepted_total";
@@ -101,6 +101,8 @@ pub enum RouteError {
     Ring { epoch: u64, source: RingError },
     #[error("cannot read the meta state: {0}")]
     Meta(ReadError),
+    #[error("the ring history: {0}")]
+    History(RingError),
 }
 
 /// What happened to one shard's batch.
@@ -216,6 +218,33 @@ impl<T: Transport + Forwarder> Writer<T> {
         );
         *cached = Some((epoch, Arc::clone(&ring)));
         Ok((epoch, ring, nodes))
+    }
+
+    /// The shards that may hold samples of `key` in `[from_ms, to_ms]`: its shard under every
+    /// ring epoch whose time, widened by the window this writer accepts samples in (W5),
+    /// meets the range (H6). What a read of one series must ask.
+    pub async fn shards_for_series(
+        &self,
+        key: &SeriesKey,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<BTreeSet<ShardId>, RouteError> {
+        let slack = RoutingSlack {
+            late_ms: self.config.accept_past_ms,
+            early_ms: self.config.accept_future_ms,
+        };
+        let rings = self
+            .registry
+            .read_meta(Consistency::Any, |m: &MetaState| {
+                RingSet::from_meta(m, slack)
+            })
+            .await
+            .map_err(RouteError::Meta)?
+            .map_err(|e| match e {
+                RingError::NoRing => RouteError::NoRing,
+                e => RouteError::History(e),
+            })?;
+        Ok(rings.shards_for_series(key.id(), from_ms, to_ms))
     }
 
     /// Writes validated series: one batch per shard, sent concurrently (W1–W4).

@@ -6,7 +6,9 @@
 //!   connection) per peer node, shared by every group; the channel is created lazily from the
 //!   address openraft hands to `new_client` and re-created when that address changes. Bytes
 //!   reach the peer through a [`Dialer`]: real TCP by default ([`TcpDialer`]); tests plug in a
-//!   simulated network (turmoil).
+//!   simulated network (turmoil). HTTP/2 keepalive ([`GrpcConfig::keepalive_interval`]) closes
+//!   a connection whose PINGs go unanswered, so one that silently stopped delivering is
+//!   replaced by the next RPC (the simulator's `DropPartition` seeds are its regression).
 //! - [`GrpcRouter`] (`GrpcNetwork::router(from)`): openraft-multi's `GroupRouter`, and through
 //!   `GroupNetworkFactory<GrpcRouter, GroupId>` openraft's `RaftNetworkFactory`.
 //!
@@ -86,6 +88,13 @@ pub struct GrpcConfig {
     pub connect_timeout: Duration,
     /// Target size of one AppendEntries payload; longer batches are sent in prefixes.
     pub append_bytes_max: usize,
+    /// HTTP/2 PING interval on every peer connection, idle or not, and how long an
+    /// unanswered PING may wait before the connection is closed (the next RPC opens a new
+    /// one). Without it, a connection that silently stops delivering (a middlebox that lost
+    /// its state, a peer gone without a reset) is noticed only when the OS's TCP gives up,
+    /// minutes later, and every RPC on it times out until then.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for GrpcConfig {
@@ -93,6 +102,8 @@ impl Default for GrpcConfig {
         GrpcConfig {
             connect_timeout: Duration::from_secs(1),
             append_bytes_max: 16 << 20,
+            keepalive_interval: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -194,7 +205,10 @@ impl GrpcNetwork {
     fn client_for(&self, addr: &str) -> Result<Client, String> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
-            .connect_timeout(self.inner.config.connect_timeout);
+            .connect_timeout(self.inner.config.connect_timeout)
+            .http2_keep_alive_interval(self.inner.config.keepalive_interval)
+            .keep_alive_timeout(self.inner.config.keepalive_timeout)
+            .keep_alive_while_idle(true);
         let dialer = Arc::clone(&self.inner.dialer);
         let addr = addr.to_string();
         // The dialer gets the address as openraft gave it (the URI only names the authority

@@ -11,10 +11,13 @@
 //!   or absent, and C1 makes that the same on every replica.
 //! - C5 one home: a series lives in one shard group (the ring does not change in a run).
 //! - C6 liveness: after healing, a write through every node is acknowledged within a bound.
+//! - C7 linearizable strong reads, per series (`linearizable.rs`): a read that starts after a
+//!   write was acknowledged sees it, and reads never go back in time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::history::{Outcome, WriteOp};
+use crate::history::{Outcome, ReadOp, WriteOp};
+use crate::linearizable::{self, Action};
 
 /// One replica's samples: series (its `series` label) → (timestamp, value bits), in time order.
 pub type ReplicaState = BTreeMap<String, Vec<(i64, u64)>>;
@@ -37,9 +40,10 @@ pub struct Probe {
     pub acked_after_ms: Option<u64>,
 }
 
-/// Runs C1–C6; returns every violation found (empty: the run is correct).
+/// Runs C1–C7; returns every violation found (empty: the run is correct).
 pub fn check(
     ops: &[WriteOp],
+    reads: &[ReadOp],
     state: &FinalState,
     probes: &[Probe],
     liveness_bound_ms: u64,
@@ -130,7 +134,59 @@ pub fn check(
             )),
         }
     }
+    violations.extend(strong_reads(ops, reads));
     violations
+}
+
+/// C7: per series, the writes (projected onto it) and the strong reads that answered.
+fn strong_reads(ops: &[WriteOp], reads: &[ReadOp]) -> Vec<String> {
+    let mut per_series: BTreeMap<&str, Vec<linearizable::Op>> = BTreeMap::new();
+    for read in reads {
+        if let (Some(result), Some(complete)) = (&read.result, read.complete_ms) {
+            per_series
+                .entry(read.series.as_str())
+                .or_default()
+                .push(linearizable::Op {
+                    name: format!("read{}", read.id),
+                    invoke_ms: read.invoke_ms,
+                    complete_ms: Some(complete),
+                    action: Action::Read(result.clone()),
+                });
+        }
+    }
+    for op in ops {
+        let complete_ms = match op.outcome {
+            Outcome::Ok => op.complete_ms,
+            // A refused write must not appear at all (C4 says so if it does).
+            Outcome::Failed(_) => continue,
+            Outcome::Unknown(_) | Outcome::Pending => None,
+        };
+        let mut samples: BTreeMap<&str, Vec<linearizable::Sample>> = BTreeMap::new();
+        for s in &op.samples {
+            samples
+                .entry(s.series.as_str())
+                .or_default()
+                .push((s.ts, s.value.to_bits()));
+        }
+        for (series, samples) in samples {
+            if let Some(history) = per_series.get_mut(series) {
+                history.push(linearizable::Op {
+                    name: format!("op{}", op.id),
+                    invoke_ms: op.invoke_ms,
+                    complete_ms,
+                    action: Action::Write(samples),
+                });
+            }
+        }
+    }
+    per_series
+        .into_iter()
+        .filter_map(|(series, history)| {
+            linearizable::check(&history)
+                .err()
+                .map(|why| format!("C7 series {series}: strong reads are not linearizable: {why}"))
+        })
+        .collect()
 }
 
 /// C1 and C5: compares the voters of every group and returns the cluster's samples per series,
@@ -256,7 +312,7 @@ mod tests {
             node: 1,
             acked_after_ms: Some(10),
         }];
-        assert_eq!(check(&ops, &s, &probes, 100), Vec::<String>::new());
+        assert_eq!(check(&ops, &[], &s, &probes, 100), Vec::<String>::new());
     }
 
     #[test]
@@ -284,7 +340,7 @@ mod tests {
                 acked_after_ms: None,
             },
         ];
-        let found = check(&ops, &s, &probes, 100);
+        let found = check(&ops, &[], &s, &probes, 100);
         for tag in [
             "C1 group 1",
             "C3 series b",
@@ -301,7 +357,7 @@ mod tests {
         }
         // C2: an acknowledged sample nowhere at all.
         let lost = state(&[(1, 1, &[])]);
-        let found = check(&ops[..1], &lost, &[], 100);
+        let found = check(&ops[..1], &[], &lost, &[], 100);
         assert!(
             found[0].starts_with("C2 series a: acknowledged sample at ts 1"),
             "{found:?}"

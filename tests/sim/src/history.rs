@@ -49,6 +49,19 @@ pub struct WriteOp {
     pub attempts: u32,
 }
 
+/// A strong read of one series' samples (every time), through one node.
+#[derive(Clone, Debug)]
+pub struct ReadOp {
+    pub id: u64,
+    pub client: String,
+    pub series: String,
+    pub invoke_ms: u64,
+    pub complete_ms: Option<u64>,
+    /// The samples read, (timestamp, value bits) in time order; `None`: the read failed (a
+    /// failed read says nothing and is left out of the checks).
+    pub result: Option<Vec<(i64, u64)>>,
+}
+
 /// The shared history of one run (clones share it).
 #[derive(Clone, Default)]
 pub struct History {
@@ -58,6 +71,7 @@ pub struct History {
 #[derive(Default)]
 struct Inner {
     ops: Vec<WriteOp>,
+    reads: Vec<ReadOp>,
     trace: String,
 }
 
@@ -113,6 +127,44 @@ impl History {
         op.complete_ms = Some(at);
         op.outcome = outcome.clone();
         let _ = writeln!(h.trace, "{at} op{id} complete {outcome:?}");
+    }
+
+    /// Records that `client` starts a strong read of `series`; returns the read's id (dense,
+    /// in invoke order, separate from the writes').
+    pub fn invoke_read(&self, client: &str, series: &str) -> u64 {
+        let at = now_ms();
+        let mut h = self.lock();
+        let id = h.reads.len() as u64;
+        let _ = writeln!(h.trace, "{at} {client} invoke read{id} {series}");
+        h.reads.push(ReadOp {
+            id,
+            client: client.to_owned(),
+            series: series.to_owned(),
+            invoke_ms: at,
+            complete_ms: None,
+            result: None,
+        });
+        id
+    }
+
+    /// Records what read `id` returned (`None`: it failed, with `why` in the trace).
+    pub fn complete_read(&self, id: u64, result: Result<Vec<(i64, u64)>, String>) {
+        let at = now_ms();
+        let mut h = self.lock();
+        let line = match &result {
+            Ok(samples) => format!("{at} read{id} ok {} samples", samples.len()),
+            Err(why) => format!("{at} read{id} failed: {why}"),
+        };
+        h.trace.push_str(&line);
+        h.trace.push('\n');
+        let read = &mut h.reads[id as usize];
+        read.complete_ms = Some(at);
+        read.result = result.ok();
+    }
+
+    /// Every read so far, in invoke order.
+    pub fn reads(&self) -> Vec<ReadOp> {
+        self.lock().reads.clone()
     }
 
     /// Adds a line at simulated time `at_ms` to the trace (a nemesis action, a phase of the

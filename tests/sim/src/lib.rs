@@ -12,8 +12,9 @@
 //! - [`nemesis`]: the fault kinds and the schedule a seed draws.
 //! - [`history`]: every client operation (invoke, completion, outcome) and nemesis action, as
 //!   the checkers' input and as the trace the determinism test compares.
-//! - [`check`]: the checkers C1–C6 (convergence, acknowledged ⇒ present, exactly once, nothing
-//!   invented, one home per series, liveness after healing).
+//! - [`check`]: the checkers C1–C7 (convergence, acknowledged ⇒ present, exactly once, nothing
+//!   invented, one home per series, liveness after healing, linearizable strong reads).
+//! - [`linearizable`]: the per-series linearizability checker (WGL) behind C7.
 //! - `src/main.rs`: the soak runner, `cargo run -p strata-sim --release -- --seeds N`.
 //! - `tests/`: the fixed seeds `cargo test` runs, the same-seed-twice determinism test and the
 //!   negative controls (deliberate bugs from `strata_raft::faults` that the checkers must catch).
@@ -27,6 +28,7 @@
 
 pub mod check;
 pub mod history;
+pub mod linearizable;
 pub mod nemesis;
 pub mod run;
 

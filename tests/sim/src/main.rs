@@ -7,7 +7,7 @@
 //! ```
 //! Options: `--kinds Partition,Crash,…` (fault kinds, `nemesis::Kind`; default all, `none` for
 //! no faults), `--nodes N`, and the negative controls `--skip-wal-fsync`,
-//! `--ack-before-quorum`. Prints one line per seed, the violations and replay command of every
+//! `--ack-before-quorum`, and `--reads CONSISTENCY_ANY` (stale reads: C7's negative control). Prints one line per seed, the violations and replay command of every
 //! failing seed, and seeds per minute; exits non-zero if any seed failed.
 //!
 //! Every seed runs in a child process of its own (`--child`): a seed is reproducible from a
@@ -31,6 +31,7 @@ struct Options {
     nodes: Option<u64>,
     skip_wal_fsync: bool,
     ack_before_quorum: bool,
+    reads: Option<strata_proto::api::Consistency>,
 }
 
 fn parse() -> anyhow::Result<Options> {
@@ -43,6 +44,7 @@ fn parse() -> anyhow::Result<Options> {
         nodes: None,
         skip_wal_fsync: false,
         ack_before_quorum: false,
+        reads: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -57,6 +59,13 @@ fn parse() -> anyhow::Result<Options> {
             "--nodes" => o.nodes = Some(value("--nodes")?.parse().context("--nodes")?),
             "--kinds" => o.kinds = Some(parse_kinds(&value("--kinds")?)?),
             "--trace" => o.trace = true,
+            "--reads" => {
+                let name = value("--reads")?;
+                o.reads = Some(
+                    strata_proto::api::Consistency::from_str_name(&name)
+                        .with_context(|| format!("--reads {name}: CONSISTENCY_STRONG, CONSISTENCY_LEADER or CONSISTENCY_ANY"))?,
+                );
+            }
             "--child" => o.child = true,
             "--skip-wal-fsync" => o.skip_wal_fsync = true,
             "--ack-before-quorum" => o.ack_before_quorum = true,
@@ -94,6 +103,9 @@ fn run_here(o: &Options, seed: u64) -> bool {
     }
     if let Some(nodes) = o.nodes {
         config.nodes = nodes;
+    }
+    if let Some(reads) = o.reads {
+        config.read_consistency = reads;
     }
     config.faults.skip_wal_fsync = o.skip_wal_fsync;
     config.faults.ack_before_quorum = o.ack_before_quorum;

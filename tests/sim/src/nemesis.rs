@@ -13,6 +13,10 @@
 //! - [`Fault::PartitionNode`]: the node (its zone: one node per zone in small clusters) is cut
 //!   off from every other node, both ways; clients still reach it.
 //! - [`Fault::IsolateLeader`]: the same, for the node leading a shard group when it starts.
+//! - [`Fault::DropPartition`]: the node is cut off and what is in flight is *dropped*: like a
+//!   middlebox that loses its connection state, it leaves established connections silently
+//!   stalled for good (turmoil does not retransmit). Only the transport's HTTP/2 keepalive
+//!   gets the nodes talking again after it heals.
 //! - [`Fault::OneWay`]: the link between two nodes is cut while both still reach the others (a
 //!   partial, non-transitive partition). A truly one-way cut stalls a TCP connection both ways
 //!   (the acknowledgements stop), so over TCP it is this.
@@ -34,6 +38,7 @@ use rand::rngs::StdRng;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     PartitionNode(u64),
+    DropPartition(u64),
     IsolateLeader,
     OneWay { from: u64, to: u64 },
     Flaky(u64),
@@ -48,6 +53,7 @@ pub enum Fault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Partition,
+    DropPartition,
     IsolateLeader,
     OneWay,
     Flaky,
@@ -60,8 +66,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Partition,
+        Kind::DropPartition,
         Kind::IsolateLeader,
         Kind::OneWay,
         Kind::Flaky,
@@ -104,6 +111,7 @@ pub fn schedule(
         let kind = kinds[rng.random_range(0..kinds.len())];
         let (fault, duration) = match kind {
             Kind::Partition => (Fault::PartitionNode(node), rng.random_range(2_000..12_000)),
+            Kind::DropPartition => (Fault::DropPartition(node), rng.random_range(2_000..12_000)),
             Kind::IsolateLeader => (Fault::IsolateLeader, rng.random_range(2_000..12_000)),
             Kind::OneWay => {
                 let to = (node - 1 + rng.random_range(1..nodes)) % nodes + 1;

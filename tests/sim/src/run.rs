@@ -28,7 +28,7 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_node::server::{Node, NodeServer};
-use strata_proto::api::WriteRequest;
+use strata_proto::api::{self as api, WriteRequest};
 use strata_proto::prometheus as pb;
 use strata_raft::faults::Faults;
 use strata_raft::registry::Consistency;
@@ -69,6 +69,11 @@ pub struct RunConfig {
     pub nodes: u64,
     /// Writing clients.
     pub clients: u32,
+    /// Clients reading the writers' series.
+    pub readers: u32,
+    /// How fresh those reads ask to be: `Strong` in a real run; `Any` is the negative control
+    /// of C7 (a lagging replica answers stale reads).
+    pub read_consistency: api::Consistency,
     /// Shards of the cluster (few, so groups see enough entries to snapshot).
     pub shards: u32,
     /// The fault kinds the schedule draws from; empty: no faults.
@@ -84,6 +89,8 @@ impl RunConfig {
             seed,
             nodes: if seed % 4 == 3 { 5 } else { 3 },
             clients: 3,
+            readers: 2,
+            read_consistency: api::Consistency::Strong,
             shards: 4,
             kinds: Kind::ALL.to_vec(),
             faults: Faults::default(),
@@ -98,6 +105,9 @@ impl RunConfig {
         }
         if self.faults.ack_before_quorum {
             cmd.push_str(" --ack-before-quorum");
+        }
+        if self.read_consistency != api::Consistency::Strong {
+            let _ = write!(cmd, " --reads {}", self.read_consistency.as_str_name());
         }
         if self.kinds != Kind::ALL {
             let kinds: Vec<String> = self.kinds.iter().map(|k| format!("{k:?}")).collect();
@@ -203,6 +213,15 @@ pub fn run(config: &RunConfig) -> RunResult {
             Ok(())
         });
     }
+    for r in 0..config.readers {
+        let seed = config.seed ^ (u64::from(r) + 101).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let (shared, nodes, clients) = (shared.clone(), config.nodes, config.clients);
+        let consistency = config.read_consistency;
+        sim.client(format!("r{r}"), async move {
+            reader(r, seed, (nodes, clients), consistency, shared.history).await;
+            Ok(())
+        });
+    }
     {
         let (shared, nodes) = (shared.clone(), config.nodes);
         sim.client("probe", async move {
@@ -271,22 +290,32 @@ pub fn run(config: &RunConfig) -> RunResult {
     }
 
     let ops = shared.history.ops();
+    let reads = shared.history.reads();
     let probes = locked(&shared.probes).clone();
     let state = locked(&shared.final_state).take();
     if let Some(state) = &state {
-        violations.extend(check::check(&ops, state, &probes, LIVENESS_BOUND_MS));
+        violations.extend(check::check(
+            &ops,
+            &reads,
+            state,
+            &probes,
+            LIVENESS_BOUND_MS,
+        ));
     } else if violations.is_empty() {
         violations.push("the replicas were never read".into());
     }
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     let summary = format!(
-        "{} nodes, {} ops: {} ok, {} unknown, {} failed, {} pending; {} faults applied; {}",
+        "{} nodes, {} ops: {} ok, {} unknown, {} failed, {} pending; {} of {} reads \
+         answered; {} faults applied; {}",
         config.nodes,
         ops.len(),
         count(|o| *o == Outcome::Ok),
         count(|o| matches!(o, Outcome::Unknown(_))),
         count(|o| matches!(o, Outcome::Failed(_))),
         count(|o| *o == Outcome::Pending),
+        reads.iter().filter(|r| r.result.is_some()).count(),
+        reads.len(),
         driver.applied,
         state.as_ref().map_or("no final state".into(), digest),
     );
@@ -435,6 +464,75 @@ async fn write(
     }
 }
 
+/// One reading client: reads (strong in a real run) of a random writer's series through a
+/// random node, until healing. A node that is not the shard's leader names it; the read
+/// follows (twice at most).
+async fn reader(
+    reader: u32,
+    seed: u64,
+    (nodes, clients): (u64, u32),
+    consistency: api::Consistency,
+    history: History,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let name = format!("r{reader}");
+    while now_ms() < HEAL_MS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let series = format!(
+            "c{}-s{}",
+            rng.random_range(0..clients),
+            rng.random_range(0..SERIES_PER_CLIENT)
+        );
+        let request = api::ReadSeriesRequest {
+            tenant: String::new(),
+            labels: [("__name__", METRIC), ("series", series.as_str())]
+                .iter()
+                .map(|(name, value)| api::Label {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            start_ms: 0,
+            end_ms: i64::MAX,
+            consistency: consistency.into(),
+        };
+        let id = history.invoke_read(&name, &series);
+        let mut node = rng.random_range(1..=nodes);
+        let mut result = Err(String::new());
+        for _ in 0..3 {
+            let mut api = client(node);
+            let answer =
+                tokio::time::timeout(ATTEMPT_TIMEOUT, api.read_series(request.clone())).await;
+            result = match answer {
+                Ok(Ok(reply)) => Ok(reply
+                    .into_inner()
+                    .samples
+                    .iter()
+                    .map(|s| (s.timestamp_ms, s.value.to_bits()))
+                    .collect()),
+                Ok(Err(status)) => Err(format!(
+                    "node {node}: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+                Err(_) => Err(format!("node {node}: timed out")),
+            };
+            let Err(why) = &result else { break };
+            // "… read from node 3 at n3:7000": follow the hint.
+            match why
+                .split("read from node ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|id| id.parse().ok())
+            {
+                Some(leader) => node = leader,
+                None => break,
+            }
+        }
+        history.complete_read(id, result);
+    }
+}
+
 /// C6's probes: at healing, one write through every node, each retried on its own node.
 async fn probe(nodes: u64, shared: Shared) {
     tokio::time::sleep_until(at(HEAL_MS)).await;
@@ -571,6 +669,8 @@ fn body(samples: &[Written]) -> Vec<u8> {
 
 /// How to undo one applied fault.
 enum Undo {
+    /// Repair the node's dropped links to every other node.
+    Repair(u64),
     /// Release the node's links to every other node.
     Release(u64),
     /// Release the link between two nodes.
@@ -623,6 +723,16 @@ impl Driver<'_> {
         self.applied += 1;
         match &episode.fault {
             Fault::PartitionNode(node) => self.partition(sim, *node, now),
+            Fault::DropPartition(node) => {
+                self.note(
+                    now,
+                    format!("cut node {node} off, dropping what is in flight"),
+                );
+                for m in self.others(*node) {
+                    sim.partition(host(*node), host(m));
+                }
+                vec![Undo::Repair(*node)]
+            }
             Fault::IsolateLeader => match self.pick_group() {
                 Some((group, Some(leader), _)) => {
                     self.note(now, format!("leader of group {group} is node {leader}"));
@@ -752,6 +862,12 @@ impl Driver<'_> {
     fn undo(&mut self, sim: &mut turmoil::Sim<'_>, undo: Vec<Undo>, now: u64) {
         for u in undo {
             match u {
+                Undo::Repair(node) => {
+                    self.note(now, format!("repair node {node}'s links"));
+                    for m in self.others(node) {
+                        sim.repair(host(node), host(m));
+                    }
+                }
                 Undo::Release(node) => {
                     self.note(now, format!("release node {node}'s links"));
                     for m in self.others(node) {
@@ -791,6 +907,7 @@ impl Driver<'_> {
         self.flaky.clear();
         for a in 1..=self.config.nodes {
             for b in self.others(a) {
+                sim.repair(host(a), host(b));
                 sim.release(host(a), host(b));
                 sim.set_link_max_message_latency(host(a), host(b), BASE_LATENCY);
             }

@@ -65,3 +65,24 @@ fn acknowledging_before_quorum_loses_acknowledged_samples_and_the_checkers_say_s
         "{report}"
     );
 }
+
+#[test]
+fn reads_from_any_replica_are_stale_and_the_linearizability_checker_says_so() {
+    // Not a bug in the store: the clients ask for CONSISTENCY_ANY, so a lagging or cut-off
+    // replica answers; C7 must notice the stale reads.
+    let mut seen = String::new();
+    for seed in 300..308 {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata-sim"))
+            .args(["--child", "--seed", &seed.to_string(), "--nodes", "3"])
+            .args(["--kinds", "Partition,Slow", "--reads", "CONSISTENCY_ANY"])
+            .output()
+            .expect("run strata-sim");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if stdout.contains("C7 series") {
+            println!("{stdout}");
+            return;
+        }
+        seen.push_str(&stdout);
+    }
+    panic!("stale reads went unnoticed in 8 seeds:\n{seen}");
+}

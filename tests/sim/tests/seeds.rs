@@ -39,3 +39,11 @@ fn seeds_0_to_7() {
 fn seeds_8_to_15() {
     soak(&["--seeds", "8", "--from", "8"]);
 }
+
+/// Regression (docs/robustness.md, B1): partitions that drop what is in flight leave
+/// connections silently stalled; the transport's HTTP/2 keepalive must replace them, or the
+/// cluster never recovers after healing (all of seeds 30–37 failed C6 without it).
+#[test]
+fn connections_stalled_by_dropping_partitions_are_replaced() {
+    soak(&["--seeds", "4", "--from", "30", "--kinds", "DropPartition"]);
+}
