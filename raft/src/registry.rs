@@ -311,6 +311,8 @@ pub struct Registry<T: Transport> {
     groups: Mutex<BTreeMap<GroupId, Arc<Replica>>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     staging_seq: AtomicU64,
+    /// Snapshots received from a leader and installed, since the node started.
+    snapshots_installed: Arc<AtomicU64>,
 }
 
 fn group_dir(root: &Path, group: GroupId) -> PathBuf {
@@ -370,11 +372,18 @@ impl<T: Transport> Registry<T> {
             groups: Mutex::new(BTreeMap::new()),
             flusher: Mutex::new(Some(flusher)),
             staging_seq: AtomicU64::new(0),
+            snapshots_installed: Arc::default(),
         });
         for group in on_disk {
             registry.start_group(group).await?;
         }
         Ok(registry)
+    }
+
+    /// Snapshots this node has received from a leader and installed since it started (a
+    /// replica too far behind for the leader's log to catch it up).
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Relaxed)
     }
 
     pub fn node(&self) -> NodeId {
@@ -907,6 +916,7 @@ impl<T: Transport> RaftHandler for Registry<T> {
         let replica = self.replica_for(group);
         let err = raft_error(self.config.node, group);
         let fs = Arc::clone(&self.config.fs);
+        let count = Arc::clone(&self.snapshots_installed);
         self.scoped(group, async move {
             let staging = snapshot.snapshot.dir().to_path_buf();
                         let installed = match replica {
@@ -916,6 +926,9 @@ impl<T: Transport> RaftHandler for Registry<T> {
                 }
                 Err(e) => Err(e),
             };
+            if installed.is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
             // The state machine copied what it needed; the staging copy goes either way.
             if let Err(e) = delete_tree(&*fs, &staging) {
                 return Err(err(format!("delete staging {}: {e}", staging.display())));

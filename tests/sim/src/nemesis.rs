@@ -30,6 +30,9 @@
 //! - [`Fault::CrashAll`]: every node crashes at once (a power cut of every zone) and restarts
 //!   together: only what was fsynced survives anywhere.
 //! - [`Fault::TransferLeader`]: the leader of a shard group hands leadership to another voter.
+//! - [`Fault::RemoveVoter`]: the leader of a shard group removes another voter (a membership
+//!   change); its control loop adds the node back as learner then voter, since the placement
+//!   still names it, and the node catches up from the log or a snapshot.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -47,6 +50,7 @@ pub enum Fault {
     CrashMajority,
     CrashAll,
     TransferLeader,
+    RemoveVoter,
 }
 
 /// The kinds of fault, to restrict a schedule to some of them (negative controls).
@@ -63,10 +67,11 @@ pub enum Kind {
     CrashMajority,
     CrashAll,
     TransferLeader,
+    RemoveVoter,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Partition,
         Kind::DropPartition,
         Kind::IsolateLeader,
@@ -78,6 +83,7 @@ impl Kind {
         Kind::CrashMajority,
         Kind::CrashAll,
         Kind::TransferLeader,
+        Kind::RemoveVoter,
     ];
 }
 
@@ -133,6 +139,7 @@ pub fn schedule(
             Kind::CrashMajority => (Fault::CrashMajority, rng.random_range(2_000..10_000)),
             Kind::CrashAll => (Fault::CrashAll, rng.random_range(1_000..5_000)),
             Kind::TransferLeader => (Fault::TransferLeader, 0),
+            Kind::RemoveVoter => (Fault::RemoveVoter, 0),
         };
         episodes.push(Episode {
             start_ms: at,

@@ -155,8 +155,15 @@ impl RunResult {
     }
 }
 
-/// A leadership transfer a node's host runs: (group, to node).
-type Transfer = (u64, u64);
+/// A Raft call a node's host runs for the nemesis, as the leader of `group`.
+#[derive(Clone, Copy, Debug)]
+enum LeaderCall {
+    /// Hand leadership of the group to this node.
+    Transfer { group: u64, to: u64 },
+    /// Remove this voter from the group (the leader's control loop adds it back, since the
+    /// placement still names it: a membership change out and in, with catch-up).
+    RemoveVoter { group: u64, node: u64 },
+}
 
 /// What the hosts, the clients and the driver share.
 #[derive(Clone, Default)]
@@ -164,10 +171,12 @@ struct Shared {
     /// The running nodes' registries (a crash removes one; a restart puts the new one back).
     registries: Arc<Mutex<BTreeMap<u64, Node>>>,
     /// Leadership transfers for a node's host to run.
-    commands: Arc<Mutex<BTreeMap<u64, Vec<Transfer>>>>,
+    commands: Arc<Mutex<BTreeMap<u64, Vec<LeaderCall>>>>,
     history: History,
     probes: Arc<Mutex<Vec<Probe>>>,
     final_state: Arc<Mutex<Option<FinalState>>>,
+    /// Snapshots installed by the nodes, as counted at the end (since each one's last start).
+    snapshots_installed: Arc<Mutex<u64>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,6 +244,10 @@ pub fn run(config: &RunConfig) -> RunResult {
             tokio::time::sleep_until(at(CHECK_AT_MS)).await;
             let state = collect(&shared).await?;
             *locked(&shared.final_state) = Some(state);
+            *locked(&shared.snapshots_installed) = locked(&shared.registries)
+                .values()
+                .map(|r| r.snapshots_installed())
+                .sum();
             Ok(())
         });
     }
@@ -307,7 +320,7 @@ pub fn run(config: &RunConfig) -> RunResult {
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     let summary = format!(
         "{} nodes, {} ops: {} ok, {} unknown, {} failed, {} pending; {} of {} reads \
-         answered; {} faults applied; {}",
+         answered; {} faults applied; {} snapshots installed; {}",
         config.nodes,
         ops.len(),
         count(|o| *o == Outcome::Ok),
@@ -317,6 +330,7 @@ pub fn run(config: &RunConfig) -> RunResult {
         reads.iter().filter(|r| r.result.is_some()).count(),
         reads.len(),
         driver.applied,
+        *locked(&shared.snapshots_installed),
         state.as_ref().map_or("no final state".into(), digest),
     );
     let mut trace = shared.history.trace();
@@ -358,12 +372,16 @@ async fn node_host(id: u64, config: RunConfig, disk: SimFs, shared: Shared) -> t
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let todo = locked(&shared.commands).remove(&id).unwrap_or_default();
-        for (group, to) in todo {
-            let outcome = registry.transfer_leader(group, to).await;
-            shared.history.note(
-                now_ms(),
-                format!("node {id}: transfer of group {group} to node {to}: {outcome:?}"),
-            );
+        for call in todo {
+            let outcome = match call {
+                LeaderCall::Transfer { group, to } => registry.transfer_leader(group, to).await,
+                LeaderCall::RemoveVoter { group, node } => {
+                    registry.remove_replica(group, node).await
+                }
+            };
+            shared
+                .history
+                .note(now_ms(), format!("node {id}: {call:?}: {outcome:?}"));
         }
     }
 }
@@ -798,12 +816,34 @@ impl Driver<'_> {
                         locked(&self.shared.commands)
                             .entry(leader)
                             .or_default()
-                            .push((group, to));
+                            .push(LeaderCall::Transfer { group, to });
                     }
                     Vec::new()
                 }
                 _ => {
                     self.note(now, "transfer leader: no leader known, skipped".into());
+                    Vec::new()
+                }
+            },
+            Fault::RemoveVoter => match self.pick_group() {
+                Some((group, Some(leader), voters)) if voters.len() >= 3 => {
+                    let others: Vec<u64> = voters.into_iter().filter(|v| *v != leader).collect();
+                    let node = others[self.rng.random_range(0..others.len())];
+                    self.note(
+                        now,
+                        format!("remove node {node} from group {group} (leader {leader})"),
+                    );
+                    locked(&self.shared.commands)
+                        .entry(leader)
+                        .or_default()
+                        .push(LeaderCall::RemoveVoter { group, node });
+                    Vec::new()
+                }
+                _ => {
+                    self.note(
+                        now,
+                        "remove voter: no leader with three voters known, skipped".into(),
+                    );
                     Vec::new()
                 }
             },
