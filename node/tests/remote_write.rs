@@ -181,7 +181,6 @@ async fn grpc_write_answers_like_remote_write() {
         consistency: api::Consistency::Strong.into(),
     };
     let ok_series = [("instance", "ok"), ("__name__", "grpc_metric")];
-    let leader = cluster.wait_for_leader(group).await.unwrap();
     let connect = |id: u64| {
         let addr = cluster.members()[&id].addr.clone();
         async move {
@@ -190,37 +189,46 @@ async fn grpc_write_answers_like_remote_write() {
                 .unwrap()
         }
     };
-    let samples = connect(leader)
-        .await
-        .read_series(read(&ok_series, 0, i64::MAX))
-        .await
-        .unwrap()
-        .into_inner()
-        .samples;
-    assert_eq!(
-        samples,
-        [api::Sample {
-            timestamp_ms: start,
-            value: 3.0
-        }]
-    );
-    let follower = cluster
-        .members()
-        .into_keys()
-        .find(|id| *id != leader)
-        .unwrap();
-    let status = connect(follower)
-        .await
-        .read_series(read(&ok_series, 0, i64::MAX))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains(&format!("read from node {leader}")),
-        "{status:?}"
-    );
+    // Leadership may still move (the control loop spreads leaders), and a follower learns of
+    // the leader from its first heartbeat: ask both until they agree on one leader.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = cluster.wait_for_leader(group).await.unwrap();
+        let follower = cluster
+            .members()
+            .into_keys()
+            .find(|id| *id != leader)
+            .unwrap();
+        let at_leader = connect(leader)
+            .await
+            .read_series(read(&ok_series, 0, i64::MAX))
+            .await;
+        if let Ok(reply) = &at_leader {
+            let want = [api::Sample {
+                timestamp_ms: start,
+                value: 3.0,
+            }];
+            assert_eq!(reply.get_ref().samples, want);
+        }
+        let at_follower = connect(follower)
+            .await
+            .read_series(read(&ok_series, 0, i64::MAX))
+            .await;
+        if let Err(status) = &at_follower {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        }
+        let hint = format!("read from node {leader}");
+        let named = matches!(&at_follower, Err(s) if s.message().contains(&hint));
+        if at_leader.is_ok() && named {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reads never settled on one leader: node {leader}: {at_leader:?}; node \
+             {follower}: {at_follower:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let status = client
         .read_series(read(&[("__name__", "bad metric name")], 0, 1))
         .await
