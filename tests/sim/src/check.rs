@@ -276,7 +276,6 @@ mod tests {
             invoke_ms: 0,
             complete_ms: Some(1),
             outcome,
-            attempts: 1,
         }
     }
 

@@ -45,8 +45,6 @@ pub struct WriteOp {
     pub invoke_ms: u64,
     pub complete_ms: Option<u64>,
     pub outcome: Outcome,
-    /// Requests sent, retries included.
-    pub attempts: u32,
 }
 
 /// A strong read of one series' samples (every time), through one node.
@@ -105,7 +103,6 @@ impl History {
             invoke_ms: at,
             complete_ms: None,
             outcome: Outcome::Pending,
-            attempts: 0,
         });
         id
     }
@@ -113,9 +110,7 @@ impl History {
     /// Records one request of operation `id` sent to `node` and what came back.
     pub fn attempt(&self, id: u64, node: u64, answer: &str) {
         let at = now_ms();
-        let mut h = self.lock();
-        h.ops[id as usize].attempts += 1;
-        let _ = writeln!(h.trace, "{at} op{id} node{node}: {answer}");
+        let _ = writeln!(self.lock().trace, "{at} op{id} node{node}: {answer}");
     }
 
     /// Records how operation `id` ended (H2).

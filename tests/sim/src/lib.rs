@@ -39,6 +39,7 @@ use hyper_util::rt::TokioIo;
 use strata_node::config::{NodeConfig, Peer};
 use strata_node::server::NodeEnv;
 use strata_proto::api::strata_client::StrataClient;
+use strata_raft::network::grpc::Dialer;
 use strata_raft::network::turmoil_net::{self, Accepted, TurmoilDialer};
 use strata_raft::registry::MetaStoreKind;
 use strata_shard::Clock;
@@ -110,12 +111,8 @@ pub async fn incoming()
 pub fn client(id: u64) -> StrataClient<Channel> {
     let addr = format!("{}:{NODE_PORT}", host(id));
     let connector = tower::service_fn(move |_: Uri| {
-        let addr = addr.clone();
-        async move {
-            turmoil::net::TcpStream::connect(addr)
-                .await
-                .map(TokioIo::new)
-        }
+        let dial = TurmoilDialer.dial(&addr);
+        async move { dial.await.map(TokioIo::new) }
     });
     let channel = Endpoint::from_static("http://strata").connect_with_connector_lazy(connector);
     StrataClient::new(channel)

@@ -805,48 +805,46 @@ impl Driver<'_> {
                 let all: Vec<u64> = (1..=self.config.nodes).collect();
                 vec![Undo::Restart(self.crash(sim, &all, now))]
             }
-            Fault::TransferLeader => match self.pick_group() {
-                Some((group, Some(leader), voters)) => {
-                    let targets: Vec<u64> = voters.into_iter().filter(|v| *v != leader).collect();
-                    if let Some(&to) = targets.get(self.rng.random_range(0..targets.len().max(1))) {
-                        self.note(
-                            now,
-                            format!("transfer group {group}: node {leader} -> node {to}"),
-                        );
-                        locked(&self.shared.commands)
-                            .entry(leader)
-                            .or_default()
-                            .push(LeaderCall::Transfer { group, to });
-                    }
-                    Vec::new()
-                }
-                _ => {
-                    self.note(now, "transfer leader: no leader known, skipped".into());
-                    Vec::new()
-                }
-            },
-            Fault::RemoveVoter => match self.pick_group() {
-                Some((group, Some(leader), voters)) if voters.len() >= 3 => {
-                    let others: Vec<u64> = voters.into_iter().filter(|v| *v != leader).collect();
-                    let node = others[self.rng.random_range(0..others.len())];
-                    self.note(
-                        now,
-                        format!("remove node {node} from group {group} (leader {leader})"),
-                    );
-                    locked(&self.shared.commands)
-                        .entry(leader)
-                        .or_default()
-                        .push(LeaderCall::RemoveVoter { group, node });
-                    Vec::new()
-                }
-                _ => {
-                    self.note(
-                        now,
-                        "remove voter: no leader with three voters known, skipped".into(),
-                    );
-                    Vec::new()
-                }
-            },
+            Fault::TransferLeader => {
+                self.leader_call(now, 2, |group, leader, to| {
+                    let line = format!("transfer group {group}: node {leader} -> node {to}");
+                    (line, LeaderCall::Transfer { group, to })
+                });
+                Vec::new()
+            }
+            Fault::RemoveVoter => {
+                self.leader_call(now, 3, |group, leader, node| {
+                    let line = format!("remove node {node} from group {group} (leader {leader})");
+                    (line, LeaderCall::RemoveVoter { group, node })
+                });
+                Vec::new()
+            }
+        }
+    }
+
+    /// Queues a call for the leader of a random group with at least `min_voters` voters, about
+    /// another voter picked at random: `call(group, leader, voter)` names it and says what.
+    fn leader_call(
+        &mut self,
+        now: u64,
+        min_voters: usize,
+        call: impl FnOnce(u64, u64, u64) -> (String, LeaderCall),
+    ) {
+        match self.pick_group() {
+            Some((group, Some(leader), voters)) if voters.len() >= min_voters => {
+                let others: Vec<u64> = voters.into_iter().filter(|v| *v != leader).collect();
+                let voter = others[self.rng.random_range(0..others.len())];
+                let (line, call) = call(group, leader, voter);
+                self.note(now, line);
+                locked(&self.shared.commands)
+                    .entry(leader)
+                    .or_default()
+                    .push(call);
+            }
+            _ => self.note(
+                now,
+                format!("no leader of a group with {min_voters} voters known: skipped"),
+            ),
         }
     }
 
