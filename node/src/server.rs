@@ -20,10 +20,15 @@
 //!    that is not in the meta group's membership is added as a meta learner.
 //! 4. **Replicas.** Every shard group whose placement names this node and that it does not
 //!    host is created: initialized (with the placement as voters) if this node is the
-//!    placement's slot 0, else empty for the leader to fill.
+//!    placement's slot 0, else empty for the leader to fill. A hosted shard replica the
+//!    placement no longer names is dropped (data deleted) once neither the latest nor the
+//!    committed membership this replica knows counts it as a voter.
 //! 5. **Leader duties** for every shard group this node leads: placement nodes missing from
-//!    the membership are added (learner → catch-up → voter, one task per node), members the
-//!    placement dropped are removed, and leadership is handed to the preferred leader (slot 0)
+//!    the membership are added (learner → catch-up → voter, one task per node); members the
+//!    placement dropped are retired: a voter is demoted to learner (the leader keeps talking to
+//!    learners, so the node learns of it), and the learner is removed once it has acknowledged
+//!    a heartbeat sent after its demotion was committed (so it knows, and drops its replica,
+//!    step 4); and leadership is handed to the preferred leader (slot 0)
 //!    once it is a fully caught-up voter and this node has led for [`PREFERRED_LEADER_DELAY`],
 //!    so leaders spread again after a failover.
 //! 6. **Log lines** when this node starts hosting a group or a hosted group's leader changes.
@@ -52,7 +57,9 @@ use strata_raft::meta::{MetaCommand, MetaResponse, MetaState};
 use strata_raft::network::Forwarder;
 use strata_raft::network::grpc::{self, Dialer, GrpcConfig, GrpcNetwork, GrpcRouter, TcpDialer};
 use strata_raft::registry::{Consistency, MetaStoreKind, ProposeError, Registry, RegistryConfig};
-use strata_raft::types::{Command, GroupId, META_GROUP, NodeId, NodeInfo, Response};
+use strata_raft::types::{
+    Command, GroupId, META_GROUP, Membership, NodeId, NodeInfo, RaftMetrics, Response,
+};
 use strata_router::placement;
 use strata_router::remote_write::RemoteWriteLimits;
 use strata_router::ring::{ShardId, group_of};
@@ -249,6 +256,7 @@ impl NodeServer {
             registry: Arc::clone(&registry),
             router: net.router(id),
             adding: Arc::new(Mutex::new(BTreeSet::new())),
+            retiring: BTreeMap::new(),
             last_transfer: BTreeMap::new(),
             leaders: BTreeMap::new(),
             last_error: BTreeMap::new(),
@@ -565,6 +573,9 @@ struct Controller {
     router: GrpcRouter,
     /// `(group, node)` additions in flight (learner catch-up can take a while).
     adding: Arc<Mutex<BTreeSet<(GroupId, NodeId)>>>,
+    /// `(group, learner)` the placement dropped → when this leader first saw the learner's
+    /// demotion committed (step 5, [`Controller::retire`]).
+    retiring: BTreeMap<(GroupId, NodeId), Instant>,
     last_transfer: BTreeMap<GroupId, Instant>,
     /// The leader of each hosted group at the last tick and since when this node has seen it
     /// lead, for log lines and [`PREFERRED_LEADER_DELAY`].
@@ -642,6 +653,8 @@ impl Controller {
         }
         let r = self.ensure_replicas(&state).await;
         self.report("create replicas", r);
+        let r = self.drop_retired(&state).await;
+        self.report("drop retired replicas", r);
         self.lead(&state).await;
         self.log_leaders();
     }
@@ -849,6 +862,40 @@ impl Controller {
         Ok(())
     }
 
+    /// Step 4, the other way: drops this node's replica of every shard group whose placement
+    /// no longer names it, once neither its latest nor its committed membership counts it as a
+    /// voter (the leader demotes before it removes, [`Controller::retire`]). Until then the
+    /// replica may still be needed for a quorum, so it stays.
+    async fn drop_retired(&self, state: &MetaState) -> anyhow::Result<()> {
+        for group in self.registry.groups() {
+            let Some(placement) = state.placement(group) else {
+                continue;
+            };
+            let Some(metrics) = self.registry.metrics(group) else {
+                continue;
+            };
+            let me = self.s.me;
+            let voter = |m: &Membership| m.voter_ids().any(|v| v == me);
+            if group == META_GROUP
+                || placement.contains(&me)
+                || voter(metrics.membership_config.membership())
+                || voter(metrics.committed_membership_config.membership())
+            {
+                continue;
+            }
+            self.registry
+                .drop_group(group)
+                .await
+                .with_context(|| format!("drop the retired replica of {}", group_name(group)))?;
+            println!(
+                "{}: dropped its replica of {} (the placement moved it to nodes {placement:?})",
+                self.s.name,
+                group_name(group)
+            );
+        }
+        Ok(())
+    }
+
     /// Step 5.
     async fn lead(&mut self, state: &MetaState) {
         for group in self.registry.groups() {
@@ -896,26 +943,7 @@ impl Controller {
                         .remove(&(group, node));
                 });
             }
-            let extra: Vec<NodeId> = voters
-                .iter()
-                .copied()
-                .filter(|n| !wanted.contains(n))
-                .collect();
-            for node in extra {
-                let r = self
-                    .registry
-                    .remove_replica(group, node)
-                    .await
-                    .with_context(|| format!("remove node {node} from {}", group_name(group)));
-                if r.is_ok() {
-                    println!(
-                        "{}: removed node {node} from {}",
-                        self.s.name,
-                        group_name(group)
-                    );
-                }
-                self.report(&format!("membership of group {group}"), r);
-            }
+            self.retire(group, &metrics, wanted).await;
             // Hand leadership back to the preferred leader once it is a caught-up voter.
             let preferred = wanted[0];
             let caught_up = metrics
@@ -941,6 +969,48 @@ impl Controller {
                     );
                 }
             }
+        }
+    }
+
+    /// Step 5, members the placement dropped (this node leads `group`): a voter is demoted to
+    /// learner; a learner is removed once it has acknowledged a heartbeat sent after this node
+    /// saw it committed as a learner. That heartbeat carried a commit index past the demotion,
+    /// so the retired node knows it no longer counts towards a quorum and drops its replica
+    /// (step 4, [`Controller::drop_retired`]) instead of waiting forever for a leader that has
+    /// stopped talking to it.
+    async fn retire(&mut self, group: GroupId, metrics: &RaftMetrics, wanted: &[NodeId]) {
+        let membership = metrics.membership_config.membership();
+        let committed = metrics.committed_membership_config.membership();
+        let group_name = group_name(group);
+        let mut changes = Vec::new();
+        for node in membership.voter_ids().filter(|n| !wanted.contains(n)) {
+            let r = self.registry.demote_voter(group, node).await;
+            changes.push((format!("demote node {node} to learner in {group_name}"), r));
+        }
+        let now = Instant::now();
+        self.retiring
+            .retain(|(g, n), _| *g != group || !wanted.contains(n));
+        for node in membership.learner_ids().filter(|n| !wanted.contains(n)) {
+            if committed.voter_ids().any(|v| v == node) {
+                continue; // The demotion is not committed yet.
+            }
+            let since = *self.retiring.entry((group, node)).or_insert(now);
+            let acked_after = self
+                .registry
+                .acked_send_age(group, node)
+                .is_some_and(|age| age < since.elapsed());
+            if acked_after {
+                self.retiring.remove(&(group, node));
+                let r = self.registry.remove_replica(group, node).await;
+                changes.push((format!("remove learner {node} from {group_name}"), r));
+            }
+        }
+        for (what, r) in changes {
+            if r.is_ok() {
+                println!("{}: {what}: done", self.s.name);
+            }
+            let r = r.with_context(|| what.clone());
+            self.report(&format!("membership of group {group}"), r);
         }
     }
 

@@ -533,6 +533,14 @@ impl<T: Transport> Registry<T> {
             .map(|r| on_raft!(&r.raft, raft => raft.metrics().borrow_watched().clone()))
     }
 
+    /// How long ago this node, leading `group`, sent the latest heartbeat or append that
+    /// `node` acknowledged; `None` if it does not lead `group` or `node` acknowledged none.
+    pub fn acked_send_age(&self, group: GroupId, node: NodeId) -> Option<Duration> {
+        let metrics = self.metrics(group)?;
+        let sent = metrics.heartbeat?.get(&node).cloned().flatten()?;
+        Some(openraft::Instant::elapsed(&*sent))
+    }
+
     /// The leader of `group` as this replica knows it.
     pub fn leader(&self, group: GroupId) -> Option<NodeId> {
         self.metrics(group).and_then(|m| m.current_leader)
@@ -785,12 +793,35 @@ impl<T: Transport> Registry<T> {
         Ok(())
     }
 
-    /// Removes `node` from `group`'s voters and learners (run on the leader).
+    /// Removes `node` from `group`'s membership, voter or learner (run on the leader). The
+    /// leader stops sending to it at once, so `node` may never learn it was removed: to retire
+    /// a replica whose node should then drop it, [`Registry::demote_voter`] first.
     pub async fn remove_replica(&self, group: GroupId, node: NodeId) -> Result<(), AdminError> {
         let replica = self.leader_replica(group)?;
+        let metrics = on_raft!(&replica.raft, raft => raft.metrics().borrow_watched().clone());
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+        };
+        on_raft!(&replica.raft, raft => raft.change_membership(change, false).await)
+            .map_err(self.membership_error(group, "remove replica"))?;
+        Ok(())
+    }
+
+    /// Turns voter `node` of `group` into a learner (run on the leader). Unlike a removal, the
+    /// leader keeps replicating to a learner, so `node` sees the change committed and knows
+    /// its replica no longer counts towards any quorum.
+    pub async fn demote_voter(&self, group: GroupId, node: NodeId) -> Result<(), AdminError> {
+        let replica = self.leader_replica(group)?;
         let voters = ChangeMembers::RemoveVoters(BTreeSet::from([node]));
-        on_raft!(&replica.raft, raft => raft.change_membership(voters, false).await)
-            .map_err(self.membership_error(group, "remove voter"))?;
+        on_raft!(&replica.raft, raft => raft.change_membership(voters, true).await)
+            .map_err(self.membership_error(group, "demote voter"))?;
         Ok(())
     }
 

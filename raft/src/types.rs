@@ -131,5 +131,6 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type Membership = openraft::Membership<NodeId, NodeInfo>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type Payload = openraft::EntryPayload<Command, NodeId, NodeInfo>;

@@ -13,6 +13,9 @@
 //! - C6 liveness: after healing, a write through every node is acknowledged within a bound.
 //! - C7 linearizable strong reads, per series (`linearizable.rs`): a read that starts after a
 //!   write was acknowledged sees it, and reads never go back in time.
+//! - C8 placement carried out: the nodes hosting a shard group's replicas, and its voters, are
+//!   exactly the nodes its placement names (a moved replica was added on the new node and
+//!   dropped on the old one).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +33,8 @@ pub struct FinalState {
     pub voters: BTreeMap<u64, BTreeSet<u64>>,
     /// (group, node) → that replica's samples.
     pub replicas: BTreeMap<(u64, u64), ReplicaState>,
+    /// Group → the nodes its placement names, from the meta group.
+    pub placements: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 /// A write through one node after healing (C6).
@@ -40,7 +45,7 @@ pub struct Probe {
     pub acked_after_ms: Option<u64>,
 }
 
-/// Runs C1–C7; returns every violation found (empty: the run is correct).
+/// Runs C1–C8; returns every violation found (empty: the run is correct).
 pub fn check(
     ops: &[WriteOp],
     reads: &[ReadOp],
@@ -48,7 +53,7 @@ pub fn check(
     probes: &[Probe],
     liveness_bound_ms: u64,
 ) -> Vec<String> {
-    let mut violations = Vec::new();
+    let mut violations = placed(state);
     let cluster = converged(state, &mut violations);
     let mut written: BTreeMap<(&str, i64), Vec<(u64, &WriteOp)>> = BTreeMap::new();
     for op in ops {
@@ -189,6 +194,35 @@ fn strong_reads(ops: &[WriteOp], reads: &[ReadOp]) -> Vec<String> {
         .collect()
 }
 
+/// C8: every group is hosted, and voted in, by exactly the nodes of its placement.
+fn placed(state: &FinalState) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut hosts: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for &(group, node) in state.replicas.keys() {
+        hosts.entry(group).or_default().insert(node);
+    }
+    let groups: BTreeSet<u64> = hosts
+        .keys()
+        .chain(state.placements.keys())
+        .copied()
+        .collect();
+    let none = BTreeSet::new();
+    for group in groups {
+        let placement = state.placements.get(&group).unwrap_or(&none);
+        for (what, nodes) in [
+            ("hosted by", hosts.get(&group).unwrap_or(&none)),
+            ("voted in by", state.voters.get(&group).unwrap_or(&none)),
+        ] {
+            if nodes != placement {
+                violations.push(format!(
+                    "C8 group {group}: {what} nodes {nodes:?}, but its placement is {placement:?}"
+                ));
+            }
+        }
+    }
+    violations
+}
+
 /// C1 and C5: compares the voters of every group and returns the cluster's samples per series,
 /// from each group's majority state (the state most voters hold; the lowest-numbered voter's
 /// on a tie), so C2 judges what the group would serve and C1 names the odd replica out.
@@ -286,6 +320,7 @@ mod tests {
         let mut s = FinalState::default();
         for (group, node, samples) in replicas {
             s.voters.entry(*group).or_default().insert(*node);
+            s.placements.entry(*group).or_default().insert(*node);
             let r = s.replicas.entry((*group, *node)).or_default();
             for (series, ts, value) in *samples {
                 r.entry((*series).into())
@@ -354,6 +389,14 @@ mod tests {
                 "{tag} missing from {found:#?}"
             );
         }
+        // C8: node 4 still hosts a replica of group 2 its placement moved away (to node 3).
+        let mut moved = state(&[(2, 3, &[("b", 1, 1.0)])]);
+        moved.replicas.insert((2, 4), ReplicaState::new());
+        let found = check(&ops[2..], &[], &moved, &[], 100);
+        assert_eq!(
+            found,
+            ["C8 group 2: hosted by nodes {3, 4}, but its placement is {3}"]
+        );
         // C2: an acknowledged sample nowhere at all.
         let lost = state(&[(1, 1, &[])]);
         let found = check(&ops[..1], &[], &lost, &[], 100);

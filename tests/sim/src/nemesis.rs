@@ -25,7 +25,7 @@
 //! - [`Fault::Slow`]: the node's links get up to `max_latency_ms` of latency.
 //! - [`Fault::Crash`]: the node's host stops and its disk loses what was not synced; it
 //!   restarts on that disk when the episode ends. Long episodes make it catch up by snapshot
-//!   (the simulator's Raft snapshots every few dozen entries).
+//!   (the simulator's Raft snapshots every 10 entries).
 //! - [`Fault::CrashMajority`]: two voters of one shard group crash together (a majority at RF=3).
 //! - [`Fault::CrashAll`]: every node crashes at once (a power cut of every zone) and restarts
 //!   together: only what was fsynced survives anywhere.
@@ -33,6 +33,10 @@
 //! - [`Fault::RemoveVoter`]: the leader of a shard group removes another voter (a membership
 //!   change); its control loop adds the node back as learner then voter, since the placement
 //!   still names it, and the node catches up from the log or a snapshot.
+//! - [`Fault::MoveReplica`]: the placement of a shard group swaps one replica for a node of
+//!   the same zone that holds none (clusters with two nodes in a zone): the new node is added
+//!   as learner, catches up and becomes a voter; the old one is demoted, removed, and drops
+//!   its replica. Skipped when no zone has a spare node.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -51,6 +55,7 @@ pub enum Fault {
     CrashAll,
     TransferLeader,
     RemoveVoter,
+    MoveReplica,
 }
 
 /// The kinds of fault, to restrict a schedule to some of them (negative controls).
@@ -68,10 +73,11 @@ pub enum Kind {
     CrashAll,
     TransferLeader,
     RemoveVoter,
+    MoveReplica,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Partition,
         Kind::DropPartition,
         Kind::IsolateLeader,
@@ -84,6 +90,7 @@ impl Kind {
         Kind::CrashAll,
         Kind::TransferLeader,
         Kind::RemoveVoter,
+        Kind::MoveReplica,
     ];
 }
 
@@ -140,6 +147,7 @@ pub fn schedule(
             Kind::CrashAll => (Fault::CrashAll, rng.random_range(1_000..5_000)),
             Kind::TransferLeader => (Fault::TransferLeader, 0),
             Kind::RemoveVoter => (Fault::RemoveVoter, 0),
+            Kind::MoveReplica => (Fault::MoveReplica, 0),
         };
         episodes.push(Episode {
             start_ms: at,

@@ -24,6 +24,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,7 +32,9 @@ use strata_node::server::{Node, NodeServer};
 use strata_proto::api::{self as api, WriteRequest};
 use strata_proto::prometheus as pb;
 use strata_raft::faults::Faults;
+use strata_raft::meta::{MetaCommand, MetaResponse};
 use strata_raft::registry::Consistency;
+use strata_raft::types::{Command, META_GROUP, Response};
 use strata_shard::matcher::{MatchOp, Matcher};
 use strata_shard::sim_fs::SimFs;
 use strata_shard::{Clock, SeriesKey, Tenant};
@@ -163,6 +166,9 @@ enum LeaderCall {
     /// Remove this voter from the group (the leader's control loop adds it back, since the
     /// placement still names it: a membership change out and in, with catch-up).
     RemoveVoter { group: u64, node: u64 },
+    /// As the meta group's leader: swap `from` for `to` in the group's placement (a replica
+    /// move; the group's leader and the two nodes' control loops carry it out).
+    MoveReplica { group: u64, from: u64, to: u64 },
 }
 
 /// What the hosts, the clients and the driver share.
@@ -177,6 +183,8 @@ struct Shared {
     final_state: Arc<Mutex<Option<FinalState>>>,
     /// Snapshots installed by the nodes, as counted at the end (since each one's last start).
     snapshots_installed: Arc<Mutex<u64>>,
+    /// Replica moves the meta group accepted.
+    moves: Arc<Mutex<u64>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -320,7 +328,7 @@ pub fn run(config: &RunConfig) -> RunResult {
     let count = |f: fn(&Outcome) -> bool| ops.iter().filter(|o| f(&o.outcome)).count();
     let summary = format!(
         "{} nodes, {} ops: {} ok, {} unknown, {} failed, {} pending; {} of {} reads \
-         answered; {} faults applied; {} snapshots installed; {}",
+         answered; {} faults applied; {} replicas moved; {} snapshots installed; {}",
         config.nodes,
         ops.len(),
         count(|o| *o == Outcome::Ok),
@@ -330,6 +338,7 @@ pub fn run(config: &RunConfig) -> RunResult {
         reads.iter().filter(|r| r.result.is_some()).count(),
         reads.len(),
         driver.applied,
+        *locked(&shared.moves),
         *locked(&shared.snapshots_installed),
         state.as_ref().map_or("no final state".into(), digest),
     );
@@ -341,6 +350,11 @@ pub fn run(config: &RunConfig) -> RunResult {
         violations,
         summary,
     }
+}
+
+/// Node `id`'s zone: three zones, round-robin.
+fn zone(id: u64) -> String {
+    format!("zone-{}", (id - 1) % 3 + 1)
 }
 
 /// Every node link's latency outside a `Slow` fault.
@@ -359,11 +373,12 @@ fn at(ms: u64) -> tokio::time::Instant {
 /// A node's host: the real node on its disk, plus the queue of leadership transfers.
 async fn node_host(id: u64, config: RunConfig, disk: SimFs, shared: Shared) -> turmoil::Result {
     let mut node = node_config(id, config.nodes);
-    node.zone = format!("zone-{}", (id - 1) % 3 + 1);
+    node.zone = zone(id);
     node.shards = config.shards;
-    // Snapshots every few dozen entries, so a node down for long catches up by snapshot.
-    node.raft.snapshot_after_entries = 40;
-    node.raft.keep_after_snapshot = 10;
+    // Snapshots every 10 entries, so a node down for long finds the log it missed purged and
+    // catches up by snapshot (at every 40 it mostly caught up from the log).
+    node.raft.snapshot_after_entries = 10;
+    node.raft.keep_after_snapshot = 2;
     let mut env = node_env(disk);
     env.faults = config.faults;
     let server = NodeServer::start_with(&node, env, incoming().await?).await?;
@@ -374,15 +389,50 @@ async fn node_host(id: u64, config: RunConfig, disk: SimFs, shared: Shared) -> t
         let todo = locked(&shared.commands).remove(&id).unwrap_or_default();
         for call in todo {
             let outcome = match call {
-                LeaderCall::Transfer { group, to } => registry.transfer_leader(group, to).await,
-                LeaderCall::RemoveVoter { group, node } => {
-                    registry.remove_replica(group, node).await
+                LeaderCall::Transfer { group, to } => registry
+                    .transfer_leader(group, to)
+                    .await
+                    .map_err(|e| e.to_string()),
+                LeaderCall::RemoveVoter { group, node } => registry
+                    .remove_replica(group, node)
+                    .await
+                    .map_err(|e| e.to_string()),
+                LeaderCall::MoveReplica { group, from, to } => {
+                    let moved = move_replica(&registry, group, from, to).await;
+                    if moved.is_ok() {
+                        *locked(&shared.moves) += 1;
+                    }
+                    moved
                 }
             };
             shared
                 .history
                 .note(now_ms(), format!("node {id}: {call:?}: {outcome:?}"));
         }
+    }
+}
+
+/// Proposes `group`'s placement with `to` in `from`'s slot, through this node (the meta
+/// leader); the outcome as the history notes it.
+async fn move_replica(registry: &Node, group: u64, from: u64, to: u64) -> Result<(), String> {
+    let placement = registry
+        .read_meta(Consistency::Strong, |m| {
+            m.placement(group).map(<[u64]>::to_vec)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no placement")?;
+    if !placement.contains(&from) || placement.contains(&to) {
+        return Err(format!("the placement {placement:?} changed meanwhile"));
+    }
+    let replicas = placement
+        .iter()
+        .map(|&n| if n == from { to } else { n })
+        .collect();
+    let command = Command::Meta(MetaCommand::SetPlacement { group, replicas });
+    match registry.propose(META_GROUP, command).await {
+        Ok(Response::Meta(MetaResponse::Done)) => Ok(()),
+        other => Err(format!("{other:?}")),
     }
 }
 
@@ -608,6 +658,19 @@ async fn collect(shared: &Shared) -> anyhow::Result<FinalState> {
     let tenant = Tenant::new("anonymous")?;
     let metric = Matcher::new(MatchOp::Equal, "__name__", METRIC)?;
     let mut state = FinalState::default();
+    let meta_leader = registries
+        .iter()
+        .find(|(_, r)| r.is_leader(META_GROUP))
+        .context("no meta leader")?;
+    state.placements = meta_leader
+        .1
+        .read_meta(Consistency::Strong, |m| {
+            m.placements()
+                .iter()
+                .map(|(g, nodes)| (*g, nodes.iter().copied().collect()))
+                .collect()
+        })
+        .await?;
     for (node, registry) in registries {
         for group in registry.groups().into_iter().filter(|g| *g != 0) {
             if let Some(m) = registry.metrics(group) {
@@ -819,6 +882,10 @@ impl Driver<'_> {
                 });
                 Vec::new()
             }
+            Fault::MoveReplica => {
+                self.move_replica(now);
+                Vec::new()
+            }
         }
     }
 
@@ -846,6 +913,42 @@ impl Driver<'_> {
                 format!("no leader of a group with {min_voters} voters known: skipped"),
             ),
         }
+    }
+
+    /// Queues, for the meta leader, a move of one replica of a random group to a node of the
+    /// same zone that holds none.
+    fn move_replica(&mut self, now: u64) {
+        let meta_leader = locked(&self.shared.registries)
+            .values()
+            .find_map(|r| r.is_leader(META_GROUP).then(|| r.node()));
+        let (Some(meta_leader), Some((group, _, voters))) = (meta_leader, self.pick_group()) else {
+            self.note(
+                now,
+                "move replica: no meta leader or group known, skipped".into(),
+            );
+            return;
+        };
+        let moves: Vec<(u64, u64)> = voters
+            .iter()
+            .flat_map(|&from| (1..=self.config.nodes).map(move |to| (from, to)))
+            .filter(|&(from, to)| zone(from) == zone(to) && !voters.contains(&to))
+            .collect();
+        if moves.is_empty() {
+            self.note(
+                now,
+                format!("move replica: no spare node in a zone of group {group}, skipped"),
+            );
+            return;
+        }
+        let (from, to) = moves[self.rng.random_range(0..moves.len())];
+        self.note(
+            now,
+            format!("move group {group}'s replica from node {from} to node {to}"),
+        );
+        locked(&self.shared.commands)
+            .entry(meta_leader)
+            .or_default()
+            .push(LeaderCall::MoveReplica { group, from, to });
     }
 
     fn partition(&mut self, sim: &mut turmoil::Sim<'_>, node: u64, now: u64) -> Vec<Undo> {
