@@ -499,7 +499,9 @@ pub fn output_labels(q: &PartialQuery, labels: &Labels) -> Labels {
     }
 }
 
-fn group_key(labels: &Labels, grouping: &Grouping) -> Labels {
+/// The group a series with `labels` falls in under `grouping` (`by`: only those labels; `without`:
+/// all others but `__name__`).
+pub fn group_key(labels: &Labels, grouping: &Grouping) -> Labels {
     match grouping {
         Grouping::By(names) => filter_labels(labels, |name| names.iter().any(|n| n == name)),
         Grouping::Without(names) => filter_labels(labels, |name| {
@@ -509,7 +511,7 @@ fn group_key(labels: &Labels, grouping: &Grouping) -> Labels {
 }
 
 /// A subset of a sorted label set is still sorted, unique and non-empty-valued.
-fn filter_labels(labels: &Labels, keep: impl Fn(&str) -> bool) -> Labels {
+pub fn filter_labels(labels: &Labels, keep: impl Fn(&str) -> bool) -> Labels {
     Labels::from_sorted_unchecked(
         labels
             .iter()

@@ -78,6 +78,10 @@ pub enum RangeFn {
     StdvarOverTime,
     /// `quantile_over_time(q, …)`; `q` outside [0, 1] gives ±Inf as in Prometheus.
     QuantileOverTime(f64),
+    /// Slope per second of the least-squares line through the samples.
+    Deriv,
+    /// `predict_linear(…, s)`: the least-squares line's value `s` seconds after `t`.
+    PredictLinear(f64),
 }
 
 impl RangeFn {
@@ -101,6 +105,8 @@ impl RangeFn {
             RangeFn::StddevOverTime => "stddev_over_time",
             RangeFn::StdvarOverTime => "stdvar_over_time",
             RangeFn::QuantileOverTime(_) => "quantile_over_time",
+            RangeFn::Deriv => "deriv",
+            RangeFn::PredictLinear(_) => "predict_linear",
         }
     }
 }

@@ -7,7 +7,8 @@
 //! contract, `eval` returns `None` exactly where Prometheus emits no output element:
 //! - every function on an empty window;
 //! - `rate`, `increase`, `delta` with fewer than two samples;
-//! - `irate`, `idelta` with fewer than two samples or two samples at the same instant.
+//! - `irate`, `idelta` with fewer than two samples or two samples at the same instant;
+//! - `deriv`, `predict_linear` with fewer than two samples.
 //!
 //! Notable details carried over from Prometheus:
 //! - `rate`/`increase`/`delta` extrapolate to a window boundary only when the first/last sample
@@ -84,7 +85,48 @@ pub fn eval(func: RangeFn, samples: &[Sample], t_ms: i64, range_ms: i64) -> Opti
             let mut values: Vec<f64> = samples.iter().map(|s| s.value).collect();
             Some(quantile(q, &mut values))
         }
+        RangeFn::Deriv => {
+            if samples.len() < 2 {
+                return None;
+            }
+            Some(linear_regression(samples, samples[0].ts_ms).0)
+        }
+        RangeFn::PredictLinear(seconds) => {
+            if samples.len() < 2 {
+                return None;
+            }
+            let (slope, intercept) = linear_regression(samples, t_ms);
+            Some(slope * seconds + intercept)
+        }
     }
+}
+
+/// Least-squares line through the samples, x in seconds since `intercept_ms`: (slope,
+/// intercept). As Prometheus' `linearRegression`: Kahan sums, and a constant series gives slope
+/// 0 (NaN for both if the constant is infinite).
+fn linear_regression(samples: &[Sample], intercept_ms: i64) -> (f64, f64) {
+    let first = samples[0].value;
+    if samples.iter().all(|s| s.value == first) {
+        return if first.is_infinite() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (0.0, first)
+        };
+    }
+    let n = samples.len() as f64;
+    let (mut x, mut y, mut xy, mut x2) = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
+    for s in samples {
+        let dx = (s.ts_ms - intercept_ms) as f64 / 1e3;
+        x = kahan_inc(dx, x.0, x.1);
+        y = kahan_inc(s.value, y.0, y.1);
+        xy = kahan_inc(dx * s.value, xy.0, xy.1);
+        x2 = kahan_inc(dx * dx, x2.0, x2.1);
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (x.0 + x.1, y.0 + y.1, xy.0 + xy.1, x2.0 + x2.1);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    (slope, sum_y / n - slope * sum_x / n)
 }
 
 /// True if the function's output loses the input's `__name__` (every range function but
@@ -929,5 +971,29 @@ mod tests {
         assert!(!drops_metric_name(RangeFn::LastOverTime));
         assert!(drops_metric_name(RangeFn::Rate));
         assert!(drops_metric_name(RangeFn::MaxOverTime));
+    }
+
+    /// A line `0+10x10` every 5m: `deriv` is 10 per 300 s, and `predict_linear(…, 3600)` at
+    /// 50m is the line's value an hour later.
+    #[test]
+    fn deriv_and_predict_linear_fit_a_line() {
+        let line = load(0, 5 * MIN, &series(0.0, 10.0, 10));
+        assert_close(
+            at(RangeFn::Deriv, &line, 50 * MIN, 10 * MIN),
+            Some(10.0 / 300.0),
+        );
+        // At t = 50m the line is at 100; an hour later at 100 + 12 · 10.
+        assert_close(
+            at(RangeFn::PredictLinear(3600.0), &line, 50 * MIN, 50 * MIN),
+            Some(220.0),
+        );
+        // One sample: no value; a constant: slope 0, the constant predicted.
+        assert_close(at(RangeFn::Deriv, &line, 0, MIN), None);
+        let flat = load(0, MIN, &[3.0, 3.0, 3.0]);
+        assert_close(at(RangeFn::Deriv, &flat, 2 * MIN, 5 * MIN), Some(0.0));
+        assert_close(
+            at(RangeFn::PredictLinear(60.0), &flat, 2 * MIN, 5 * MIN),
+            Some(3.0),
+        );
     }
 }

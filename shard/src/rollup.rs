@@ -322,7 +322,9 @@ pub fn eval(func: RangeFn, records: &[RollupRecord], t_ms: i64, range_ms: i64) -
         | RangeFn::Idelta
         | RangeFn::StddevOverTime
         | RangeFn::StdvarOverTime
-        | RangeFn::QuantileOverTime(_) => None,
+        | RangeFn::QuantileOverTime(_)
+        | RangeFn::Deriv
+        | RangeFn::PredictLinear(_) => None,
     }
 }
 
