@@ -49,6 +49,7 @@ pub mod index;
 pub mod matcher;
 pub mod partial;
 pub mod query;
+pub mod query_wire;
 pub mod rangefn;
 pub mod rollup;
 pub mod series;
