@@ -27,4 +27,5 @@ pub mod grpc_api;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod query;
 pub mod server;

@@ -151,6 +151,8 @@ pub struct NodeServer {
     router: GrpcRouter,
     /// What both write front ends (HTTP, gRPC) share.
     write_state: Arc<HttpState<GrpcRouter>>,
+    /// The PromQL front end (`crate::query`).
+    query: Arc<crate::query::QueryService>,
     /// Samples the node's Raft state for its `/metrics` page.
     sampler: crate::metrics::Sampler,
     root: PathBuf,
@@ -226,6 +228,13 @@ impl NodeServer {
             in_flight: Arc::new(Semaphore::new(HTTP_WRITES_IN_FLIGHT_MAX)),
             metrics: crate::metrics::NodeMetrics::new(id),
         });
+        let query = Arc::new(crate::query::QueryService {
+            registry: Arc::clone(&registry),
+            router: router.clone(),
+            writer: Arc::clone(&write_state.writer),
+            clock: Arc::clone(&env.clock),
+            multi_tenant: config.multi_tenant,
+        });
         let sampler = crate::metrics::spawn_sampler(Arc::clone(&registry));
         let (raft_stop, stopped) = oneshot::channel::<()>();
         let handler: Arc<dyn strata_raft::network::RaftHandler> = Arc::clone(&registry) as _;
@@ -269,6 +278,7 @@ impl NodeServer {
             registry,
             router,
             write_state,
+            query,
             sampler,
             root,
             raft_stop,
@@ -354,7 +364,7 @@ impl NodeServer {
         None
     }
 
-    /// Serves the HTTP API (remote write) on `listener`.
+    /// Serves the HTTP API (remote write, the PromQL query API) on `listener`.
     pub fn serve_http(&mut self, listener: tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {
         anyhow::ensure!(
             self.http.is_none(),
@@ -364,7 +374,7 @@ impl NodeServer {
         let addr = listener.local_addr()?;
         let state = Arc::clone(&self.write_state);
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = crate::http::routes(state);
+        let app = crate::http::routes(state).merge(crate::query::routes(Arc::clone(&self.query)));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

@@ -34,9 +34,11 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use strata_shard::fs::create_dir_all_durable;
+use strata_shard::partial::PartialResult;
+use strata_shard::query::PartialQuery;
 use strata_shard::{Error, Fs, FsFile};
 
-use crate::registry::ProposeError;
+use crate::registry::{Consistency, ProposeError, ReadError};
 use crate::snapshot::{PIECE_BYTES_MAX, SnapshotFiles};
 use crate::types::{Command, GroupId, NodeId, NodeInfo, Response, SnapshotMeta, TypeConfig, Vote};
 
@@ -150,6 +152,14 @@ pub trait RaftHandler: Send + Sync + 'static {
         group: GroupId,
         command: Command,
     ) -> BoxFuture<'static, Result<Response, ProposeError>>;
+    /// A partial query of `group`'s engine, from another node's query fan-out, read as fresh
+    /// as `consistency` asks ([`crate::registry::Registry::read`]).
+    fn query(
+        &self,
+        group: GroupId,
+        consistency: Consistency,
+        query: PartialQuery,
+    ) -> BoxFuture<'_, Result<PartialResult, ReadError>>;
     /// Installs a snapshot whose files have all arrived (N4).
     fn install_snapshot(
         &self,

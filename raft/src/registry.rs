@@ -49,6 +49,8 @@ use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
 use strata_shard::Fs;
 use strata_shard::engine::{Engine, EngineConfig};
 use strata_shard::fs::create_dir_all_durable;
+use strata_shard::partial::PartialResult;
+use strata_shard::query::PartialQuery;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -252,6 +254,16 @@ pub enum ReadError {
     Timeout { group: GroupId, timeout: Duration },
     #[error("group {group} on node {node} has stopped: {reason}")]
     Stopped {
+        node: NodeId,
+        group: GroupId,
+        reason: String,
+    },
+    /// The read itself is malformed (a partial query the shard refuses): do not retry.
+    #[error("group {group}: {reason}")]
+    Invalid { group: GroupId, reason: String },
+    /// Another node could not be asked.
+    #[error("group {group}: node {node} could not be reached: {reason}")]
+    Unreachable {
         node: NodeId,
         group: GroupId,
         reason: String,
@@ -925,6 +937,28 @@ impl<T: Transport> RaftHandler for Registry<T> {
         command: Command,
     ) -> BoxFuture<'static, Result<Response, ProposeError>> {
         Registry::propose(self, group, command).boxed()
+    }
+
+    fn query(
+        &self,
+        group: GroupId,
+        consistency: Consistency,
+        query: PartialQuery,
+    ) -> BoxFuture<'_, Result<PartialResult, ReadError>> {
+        Box::pin(async move {
+            self.read(group, consistency, |engine| engine.query(&query))
+                .await?
+                .map_err(|e| match e {
+                    strata_shard::Error::InvalidRequest { reason } => {
+                        ReadError::Invalid { group, reason }
+                    }
+                    other => ReadError::Stopped {
+                        node: self.config.node,
+                        group,
+                        reason: other.to_string(),
+                    },
+                })
+        })
     }
 
     fn snapshot_staging(&self, group: GroupId) -> HandlerResult<(Arc<dyn Fs>, PathBuf)> {

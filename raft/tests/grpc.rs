@@ -28,6 +28,8 @@ use strata_raft::network::{HandlerError, HandlerResult, RaftHandler, Snapshot};
 use strata_raft::registry::{Consistency, ProposeError, ReadError, Registry, RegistryConfig};
 use strata_raft::snapshot::SnapshotFiles;
 use strata_raft::types::{Command, GroupId, NodeId, NodeInfo, SnapshotMeta, TypeConfig, Vote};
+use strata_shard::partial::PartialResult;
+use strata_shard::query::PartialQuery;
 use strata_shard::sim_fs::SimFs;
 use strata_shard::{Fs, Labels, Sample, SeriesKey, Tenant};
 use tokio::sync::oneshot;
@@ -391,6 +393,14 @@ struct SnapshotSink {
 impl RaftHandler for SnapshotSink {
     fn node_id(&self) -> NodeId {
         2
+    }
+    fn query(
+        &self,
+        group: GroupId,
+        _: Consistency,
+        _: PartialQuery,
+    ) -> BoxFuture<'_, Result<PartialResult, ReadError>> {
+        Box::pin(async move { Err(ReadError::NoSuchGroup { node: 2, group }) })
     }
     fn append_entries(
         &self,

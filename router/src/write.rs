@@ -229,12 +229,27 @@ impl<T: Transport + Forwarder> Writer<T> {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<BTreeSet<ShardId>, RouteError> {
+        let rings = self.ring_set().await?;
+        Ok(rings.shards_for_series(key.id(), from_ms, to_ms))
+    }
+
+    /// The shards that may hold samples of any series in `[from_ms, to_ms]`: every shard of
+    /// every ring epoch that range meets (widened as for [`Writer::shards_for_series`]). What
+    /// a query must ask.
+    pub async fn shards_for_query(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<BTreeSet<ShardId>, RouteError> {
+        Ok(self.ring_set().await?.shards_for_query(from_ms, to_ms))
+    }
+
+    async fn ring_set(&self) -> Result<RingSet, RouteError> {
         let slack = RoutingSlack {
             late_ms: self.config.accept_past_ms,
             early_ms: self.config.accept_future_ms,
         };
-        let rings = self
-            .registry
+        self.registry
             .read_meta(Consistency::Any, |m: &MetaState| {
                 RingSet::from_meta(m, slack)
             })
@@ -243,8 +258,7 @@ impl<T: Transport + Forwarder> Writer<T> {
             .map_err(|e| match e {
                 RingError::NoRing => RouteError::NoRing,
                 e => RouteError::History(e),
-            })?;
-        Ok(rings.shards_for_series(key.id(), from_ms, to_ms))
+            })
     }
 
     /// Writes validated series: one batch per shard, sent concurrently (W1–W4).

@@ -63,6 +63,9 @@ use strata_proto::raft as pb;
 use strata_proto::raft::raft_error::Kind;
 use strata_proto::raft::raft_transport_client::RaftTransportClient;
 use strata_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
+use strata_shard::partial::PartialResult;
+use strata_shard::query::PartialQuery;
+use strata_shard::query_wire;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
@@ -74,7 +77,7 @@ use super::{
     SnapshotReceiver, Transport, send_snapshot, streaming_error, wire,
 };
 use crate::codec::{self, put_entry, put_log_id, put_option};
-use crate::registry::ProposeError;
+use crate::registry::{Consistency, ProposeError, ReadError};
 use crate::snapshot::SnapshotFiles;
 use crate::types::{Command, GroupId, NodeId, NodeInfo, TypeConfig, Vote};
 
@@ -387,6 +390,80 @@ impl GrpcRouter {
             }),
         }
     }
+}
+
+impl GrpcRouter {
+    /// Asks node `to` (at `info.addr`) for a partial query of `group`, as fresh as
+    /// `consistency` asks, under the deadline `ttl`. A node that is not the leader (when one is
+    /// needed) or hosts no replica answers so, and the caller asks another.
+    pub async fn query(
+        &self,
+        to: NodeId,
+        info: &NodeInfo,
+        group: GroupId,
+        consistency: Consistency,
+        query: &PartialQuery,
+        ttl: Duration,
+    ) -> Result<PartialResult, ReadError> {
+        let unreachable = |reason: String| ReadError::Unreachable {
+            node: to,
+            group,
+            reason,
+        };
+        self.net.set_peer_addr(to, &info.addr);
+        let mut client = self.target(to).map_err(|e| unreachable(e.to_string()))?;
+        let mut payload = vec![match consistency {
+            Consistency::Strong => 0,
+            Consistency::Leader => 1,
+            Consistency::Any => 2,
+        }];
+        payload.extend(query_wire::encode_query(query));
+        let mut request = Request::new(pb::RaftRequest { group, payload });
+        request.set_timeout(ttl);
+        let reply = tokio::time::timeout(ttl, client.query(request))
+            .await
+            .map_err(|_| ReadError::Timeout {
+                group,
+                timeout: ttl,
+            })?;
+        match reply {
+            Ok(r) => query_wire::decode_result(&r.into_inner().result)
+                .map_err(|e| unreachable(format!("undecodable answer: {e}"))),
+            Err(status) => Err(match status.code() {
+                Code::InvalidArgument => ReadError::Invalid {
+                    group,
+                    reason: status.message().to_string(),
+                },
+                Code::FailedPrecondition => ReadError::NotLeader {
+                    node: to,
+                    group,
+                    leader_hint: None,
+                },
+                Code::NotFound => ReadError::NoSuchGroup { node: to, group },
+                _ => unreachable(status.message().to_string()),
+            }),
+        }
+    }
+}
+
+/// The consistency byte and the query of a `Query` request's payload.
+fn decode_query_request(
+    payload: &[u8],
+) -> Result<(Consistency, PartialQuery), strata_shard::Error> {
+    let corrupt = |reason: &str| strata_shard::Error::Corrupt {
+        what: "query request".into(),
+        reason: reason.into(),
+    };
+    let (&tag, rest) = payload
+        .split_first()
+        .ok_or_else(|| corrupt("empty payload"))?;
+    let consistency = match tag {
+        0 => Consistency::Strong,
+        1 => Consistency::Leader,
+        2 => Consistency::Any,
+        _ => return Err(corrupt("unknown consistency")),
+    };
+    Ok((consistency, query_wire::decode_query(rest)?))
 }
 
 impl Forwarder for GrpcRouter {
@@ -956,6 +1033,25 @@ impl RaftTransport for RaftService {
             Err(e) => pb::propose_reply::Reply::Error(propose_error_to_pb(&e)),
         };
         Ok(Response::new(pb::ProposeReply { reply: Some(reply) }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::QueryReply>, Status> {
+        let pb::RaftRequest { group, payload } = request.into_inner();
+        let (consistency, query) = decode_query_request(&payload).map_err(bad_request)?;
+        match self.handler.query(group, consistency, query).await {
+            Ok(result) => Ok(Response::new(pb::QueryReply {
+                result: query_wire::encode_result(&result),
+            })),
+            Err(e) => Err(match e {
+                ReadError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+                ReadError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+                ReadError::NoSuchGroup { .. } => Status::not_found(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            }),
+        }
     }
 
     async fn install_snapshot(

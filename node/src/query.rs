@@ -1,0 +1,608 @@
+//! PromQL on a node: the cluster [`Source`] the evaluator (`strata_query_fanout`) selects
+//! through, and Prometheus' HTTP query API on top of it.
+//!
+//! ## Fan-out ([`ClusterSource`])
+//! A partial query goes to every shard the query's time range may touch (every shard of every
+//! ring epoch it meets, [`Writer::shards_for_query`]), all at once, each under the request's
+//! deadline. A shard is asked on this node if it hosts a replica, else (or when the local
+//! replica cannot serve the consistency asked, e.g. it is not the leader for a strong read)
+//! on the nodes of its placement in turn, over the Raft transport's `Query` RPC. The answers
+//! merge with `PartialResult::merge` (associative, so arrival order does not matter).
+//! - F1. A malformed query (refused by a shard) fails the whole request at once.
+//! - F2. A shard that cannot answer fails the request, naming the shard and why, unless the
+//!   request accepts a partial answer (`partial_response=true`): then the answer leaves the
+//!   shard out and carries a warning naming it.
+//!
+//! ## HTTP API (Prometheus' `/api/v1/query`, `/api/v1/query_range`, `status/buildinfo`)
+//! Parameters come from the URL and, for POST, a form-encoded body, as Prometheus takes
+//! them; times are RFC 3339 or Unix seconds, durations Prometheus durations or seconds.
+//! Extra parameters: `consistency` (`strong`, the default; `leader`; `any`) and
+//! `partial_response`. Errors are Prometheus' JSON (`status`, `errorType`, `error`) with its
+//! status codes: 400 `bad_data` (the request or the query text), 422 `execution`, 503
+//! `unavailable` (shards did not answer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::{BoxFuture, join_all};
+use serde_json::{Value as Json, json};
+use strata_query_fanout::TimeGrid;
+use strata_query_fanout::eval::{QueryError, QueryOptions, Value, query};
+use strata_query_fanout::source::{Answer, Source, SourceError};
+use strata_raft::network::RaftHandler;
+use strata_raft::network::grpc::GrpcRouter;
+use strata_raft::registry::{Consistency, ReadError};
+use strata_raft::types::{GroupId, NodeId, NodeInfo};
+use strata_router::ring::group_of;
+use strata_router::write::Writer;
+use strata_shard::Clock;
+use strata_shard::partial::{self, GRID_STEPS_MAX, PartialResult};
+use strata_shard::query::PartialQuery;
+
+use crate::ingest::TENANT_HEADER;
+use crate::server::Node;
+
+/// Longest a query may run when the request names no `timeout` (Prometheus' default).
+pub const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
+
+/// What the query front end needs of its node.
+pub struct QueryService {
+    pub registry: Node,
+    pub router: GrpcRouter,
+    pub writer: Arc<Writer<GrpcRouter>>,
+    pub clock: Arc<dyn Clock>,
+    pub multi_tenant: bool,
+}
+
+/// One request's view of the cluster (module doc, F1–F2).
+pub struct ClusterSource<'a> {
+    service: &'a QueryService,
+    consistency: Consistency,
+    deadline: Duration,
+    partial_ok: bool,
+}
+
+impl Source for ClusterSource<'_> {
+    fn select(&self, q: PartialQuery) -> BoxFuture<'_, Result<Answer, SourceError>> {
+        Box::pin(async move {
+            partial::validate(&q)?;
+            let s = self.service;
+            let shards = s
+                .writer
+                .shards_for_query(q.window_start_ms(), q.grid.end_ms)
+                .await
+                .map_err(|e| SourceError::Unavailable(format!("cannot route the query: {e}")))?;
+            let (placements, nodes) = s
+                .registry
+                .read_meta(Consistency::Any, |m| {
+                    (m.placements().clone(), m.nodes().clone())
+                })
+                .await
+                .map_err(|e| {
+                    SourceError::Unavailable(format!("cannot read the placements: {e}"))
+                })?;
+            let asks = shards.iter().map(|shard| {
+                let group = group_of(*shard);
+                let targets: Vec<(NodeId, NodeInfo)> = placements
+                    .get(&group)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| nodes.get(n).map(|i| (*n, i.clone())))
+                    .collect();
+                let ask = self.ask(group, &q, targets);
+                async move { (shard.0, tokio::time::timeout(self.deadline, ask).await) }
+            });
+            let mut merged: Option<PartialResult> = None;
+            let mut failures = Vec::new();
+            for (shard, answer) in join_all(asks).await {
+                match answer {
+                    Ok(Ok(result)) => match &mut merged {
+                        None => merged = Some(result),
+                        Some(acc) => acc.merge(result)?,
+                    },
+                    Ok(Err(ReadError::Invalid { reason, .. })) => {
+                        return Err(SourceError::Invalid(format!("shard {shard}: {reason}")));
+                    }
+                    Ok(Err(e)) => failures.push(format!("shard {shard}: {e}")),
+                    Err(_) => failures.push(format!(
+                        "shard {shard}: no answer within {:?}",
+                        self.deadline
+                    )),
+                }
+            }
+            if !failures.is_empty() && !self.partial_ok {
+                return Err(SourceError::Unavailable(format!(
+                    "{} of {} shards did not answer: {}",
+                    failures.len(),
+                    shards.len(),
+                    failures.join("; ")
+                )));
+            }
+            let result = merged.unwrap_or_else(|| empty_result(&q));
+            Ok(Answer {
+                result,
+                warnings: failures
+                    .into_iter()
+                    .map(|f| format!("partial result: {f}"))
+                    .collect(),
+            })
+        })
+    }
+}
+
+/// What a query selecting nothing answers (all shards failed, partial answers allowed).
+fn empty_result(q: &PartialQuery) -> PartialResult {
+    match &q.aggregation {
+        None => PartialResult::Series(Vec::new()),
+        Some(a) => PartialResult::Groups {
+            op: a.op,
+            grid: q.grid,
+            groups: Vec::new(),
+        },
+    }
+}
+
+impl ClusterSource<'_> {
+    /// Asks one shard group: here if this node hosts a replica, then the placement's nodes.
+    async fn ask(
+        &self,
+        group: GroupId,
+        q: &PartialQuery,
+        targets: Vec<(NodeId, NodeInfo)>,
+    ) -> Result<PartialResult, ReadError> {
+        let s = self.service;
+        let me = s.registry.node();
+        let mut last = ReadError::NoSuchGroup { node: me, group };
+        if s.registry.groups().contains(&group) {
+            match RaftHandler::query(&*s.registry, group, self.consistency, q.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e @ ReadError::Invalid { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        for (node, info) in targets.into_iter().filter(|(n, _)| *n != me) {
+            match s
+                .router
+                .query(node, &info, group, self.consistency, q, self.deadline)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e @ ReadError::Invalid { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The query API's routes.
+pub fn routes(service: Arc<QueryService>) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(instant_query).post(instant_query))
+        .route("/api/v1/query_range", get(range_query).post(range_query))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .with_state(service)
+}
+
+type Params = BTreeMap<String, String>;
+
+/// The URL's parameters and a POST's form-encoded ones (the body wins, as in Go's `FormValue`
+/// order: Prometheus reads `r.FormValue`, which prefers the body).
+fn params(query: Option<String>, body: &Bytes) -> Result<Params, ApiError> {
+    let mut out = Params::new();
+    let parse = |text: &str| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(text)
+            .map_err(|e| ApiError::bad_data(format!("cannot parse the parameters: {e}")))
+    };
+    for (k, v) in parse(query.as_deref().unwrap_or(""))? {
+        out.entry(k).or_insert(v);
+    }
+    let body = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_data("the form body is not UTF-8".into()))?;
+    for (k, v) in parse(body)? {
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_data(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_data",
+            message,
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let (status, kind) = match &e {
+            QueryError::Parse(_) | QueryError::Source(SourceError::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_data")
+            }
+            QueryError::Execution(_) | QueryError::Source(SourceError::Limit(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "execution")
+            }
+            QueryError::Source(SourceError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+        };
+        ApiError {
+            status,
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
+        json_response(self.status, &body)
+    }
+}
+
+/// A Prometheus time parameter: Unix seconds (fractions allowed) or RFC 3339.
+fn time_param(p: &Params, name: &str, default_ms: Option<i64>) -> Result<i64, ApiError> {
+    let Some(text) = p.get(name) else {
+        return default_ms.ok_or_else(|| ApiError::bad_data(format!("missing parameter {name:?}")));
+    };
+    if let Ok(secs) = text.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    parse_rfc3339_ms(text).ok_or_else(|| {
+        ApiError::bad_data(format!(
+            "invalid parameter {name:?}: cannot parse {text:?} to a valid timestamp"
+        ))
+    })
+}
+
+/// A Prometheus duration parameter: seconds (fractions allowed) or a duration like `1m30s`.
+fn duration_param(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = p.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(secs) = text.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok(Some((secs * 1000.0).round() as i64));
+    }
+    parse_duration_ms(text).map(Some).ok_or_else(|| {
+        ApiError::bad_data(format!(
+            "invalid parameter {name:?}: cannot parse {text:?} to a valid duration"
+        ))
+    })
+}
+
+/// `1h30m`, `15s`, `500ms`, … (Prometheus' units: ms s m h d w y).
+fn parse_duration_ms(text: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    Some(total)
+}
+
+/// RFC 3339 (`2026-12-03T17:00:00Z`, `…T17:00:00.5+01:00`) to Unix milliseconds.
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut millis = 0;
+    if b.get(i) == Some(&b'.') {
+        let end = text[i + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(text.len(), |e| i + 1 + e);
+        let frac = &text[i + 1..end];
+        let padded = format!("{frac:0<3}");
+        millis = padded.get(0..3)?.parse::<i64>().ok()?;
+        i = end;
+    }
+    let offset_s = match text.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && matches!(&tz[..1], "+" | "-") => {
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600
+                + tz.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second - offset_s) * 1000) + millis)
+}
+
+/// The settings every query request shares: consistency, partial answers, deadline, tenant.
+fn request_source<'a>(
+    service: &'a QueryService,
+    p: &Params,
+    headers: &HeaderMap,
+) -> Result<(ClusterSource<'a>, QueryOptions), ApiError> {
+    let consistency = match p.get("consistency").map(String::as_str) {
+        None | Some("strong") => Consistency::Strong,
+        Some("leader") => Consistency::Leader,
+        Some("any") => Consistency::Any,
+        Some(other) => {
+            return Err(ApiError::bad_data(format!(
+                "invalid parameter \"consistency\": {other:?} (use strong, leader or any)"
+            )));
+        }
+    };
+    let partial_ok = match p.get("partial_response").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_data(format!(
+                "invalid parameter \"partial_response\": {other:?} (use true or false)"
+            )));
+        }
+    };
+    let deadline = match duration_param(p, "timeout")? {
+        Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
+        Some(ms) => {
+            return Err(ApiError::bad_data(format!(
+                "invalid parameter \"timeout\": {ms} ms must be positive"
+            )));
+        }
+        None => QUERY_TIMEOUT_DEFAULT,
+    };
+    let requested = headers
+        .get(TENANT_HEADER)
+        .map(|v| v.to_str())
+        .transpose()
+        .map_err(|_| ApiError::bad_data(format!("{TENANT_HEADER} is not text")))?;
+    let tenant =
+        crate::ingest::tenant(requested, service.multi_tenant).map_err(ApiError::bad_data)?;
+    Ok((
+        ClusterSource {
+            service,
+            consistency,
+            deadline,
+            partial_ok,
+        },
+        QueryOptions::new(tenant),
+    ))
+}
+
+async fn run(
+    service: &QueryService,
+    p: &Params,
+    headers: &HeaderMap,
+    grid: TimeGrid,
+) -> Result<(Value, TimeGrid, Vec<String>), ApiError> {
+    let text = p
+        .get("query")
+        .ok_or_else(|| ApiError::bad_data("missing parameter \"query\"".into()))?;
+    let (source, options) = request_source(service, p, headers)?;
+    let deadline = source.deadline;
+    let evaluated = tokio::time::timeout(deadline, query(&source, options, text, grid))
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "timeout",
+            message: format!("query timed out in expression evaluation after {deadline:?}"),
+        })??;
+    Ok((evaluated.value, evaluated.grid, evaluated.warnings))
+}
+
+async fn instant_query(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let p = params(raw, &body)?;
+        let t = time_param(&p, "time", Some(service.clock.now_ms()))?;
+        let (value, _, warnings) = run(&service, &p, &headers, TimeGrid::instant(t)).await?;
+        let data = match value {
+            Value::Scalar(v) => json!({"resultType": "scalar", "result": point(t, v[0])}),
+            Value::String(s) => json!({"resultType": "string", "result": [t as f64 / 1e3, s]}),
+            Value::Vector(series) => {
+                let result: Vec<Json> = series
+                    .iter()
+                    .filter_map(|s| {
+                        s.points[0]
+                            .map(|v| json!({"metric": metric(&s.labels), "value": point(t, v)}))
+                    })
+                    .collect();
+                json!({"resultType": "vector", "result": result})
+            }
+        };
+        Ok::<_, ApiError>(success(data, warnings))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn range_query(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let p = params(raw, &body)?;
+        let start = time_param(&p, "start", None)?;
+        let end = time_param(&p, "end", None)?;
+        let step = duration_param(&p, "step")?
+            .ok_or_else(|| ApiError::bad_data("missing parameter \"step\"".into()))?;
+        if end < start {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time".into(),
+            ));
+        }
+        if step <= 0 {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if (end - start) / step >= GRID_STEPS_MAX as i64 {
+            return Err(ApiError::bad_data(format!(
+                "exceeded maximum resolution of {GRID_STEPS_MAX} points per timeseries. Try decreasing the query resolution (?step=XX)"
+            )));
+        }
+        let grid = TimeGrid {
+            start_ms: start,
+            end_ms: end,
+            step_ms: step,
+        };
+        let (value, grid, warnings) = run(&service, &p, &headers, grid).await?;
+        let series: Vec<(Json, Vec<Json>)> = match value {
+            Value::Scalar(v) => vec![(
+                json!({}),
+                grid.steps().zip(v).map(|(t, x)| point(t, x)).collect(),
+            )],
+            Value::Vector(series) => series
+                .iter()
+                .map(|s| {
+                    let values = grid
+                        .steps()
+                        .zip(&s.points)
+                        .filter_map(|(t, p)| p.map(|x| point(t, x)))
+                        .collect();
+                    (metric(&s.labels), values)
+                })
+                .collect(),
+            Value::String(_) => {
+                return Err(ApiError::bad_data(
+                    "invalid expression type \"string\" for range query, must be Scalar or instant Vector".into(),
+                ));
+            }
+        };
+        let result: Vec<Json> = series
+            .into_iter()
+            .map(|(m, values)| json!({"metric": m, "values": values}))
+            .collect();
+        Ok::<_, ApiError>(success(
+            json!({"resultType": "matrix", "result": result}),
+            warnings,
+        ))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn buildinfo() -> Response {
+    success(
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": "",
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }),
+        Vec::new(),
+    )
+}
+
+fn success(data: Json, warnings: Vec<String>) -> Response {
+    let mut body = json!({"status": "success", "data": data});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+fn json_response(status: StatusCode, body: &Json) -> Response {
+    let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    (status, headers, body.to_string()).into_response()
+}
+
+fn metric(labels: &strata_shard::Labels) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|l| (l.name.clone(), Json::String(l.value.clone())))
+            .collect(),
+    )
+}
+
+/// `[unix seconds, "value"]`, the value formatted as Go's `FormatFloat(v, 'f', -1, 64)`.
+fn point(t_ms: i64, v: f64) -> Json {
+    json!([
+        t_ms as f64 / 1e3,
+        strata_query_fanout::functions::format_value(v)
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse_as_prometheus_takes_them() {
+        assert_eq!(parse_duration_ms("1m30s"), Some(90_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
+        assert_eq!(parse_duration_ms("5x"), None);
+        assert_eq!(parse_duration_ms(""), None);
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-03T17:00:00.25Z"),
+            Some(1_796_317_200_250)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-03T18:00:00+01:00"),
+            Some(1_796_317_200_000)
+        );
+        assert_eq!(parse_rfc3339_ms("2026-13-03T18:00:00Z"), None);
+    }
+}
