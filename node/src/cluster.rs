@@ -181,9 +181,25 @@ impl Cluster {
             .collect()
     }
 
-    /// Node `id`'s registry. Panics unless `1 <= id <= 3`.
+    /// Node `id`'s registry. Panics unless node `id` is running.
     pub fn node(&self, id: NodeId) -> &Node {
-        self.nodes[id as usize - 1].registry()
+        self.nodes
+            .iter()
+            .find(|n| n.id() == id)
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+            .registry()
+    }
+
+    /// Stops node `id` (its HTTP API, control loop, groups and gRPC server), as if its process
+    /// died: the others keep running, and its groups are down to their other replicas.
+    pub async fn stop_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let at = self
+            .nodes
+            .iter()
+            .position(|n| n.id() == id)
+            .with_context(|| format!("node {id} is not running"))?;
+        self.nodes.remove(at).shutdown(false).await;
+        Ok(())
     }
 
     /// Every node's registry, by id.

@@ -12,12 +12,16 @@
 //! - F2. A shard that cannot answer fails the request, naming the shard and why, unless the
 //!   request accepts a partial answer (`partial_response=true`): then the answer leaves the
 //!   shard out and carries a warning naming it.
+//! - F3. A shard has three quarters of the request's `timeout` (default 2 min) to answer, so a
+//!   missing shard is reported as such (F2) before the whole request times out.
 //!
-//! ## HTTP API (Prometheus' `/api/v1/query`, `/api/v1/query_range`, `status/buildinfo`)
+//! ## HTTP API (Prometheus' `/api/v1/query`, `/api/v1/query_range`, `series`, `labels`,
+//! `label/<name>/values`, `status/buildinfo`)
 //! Parameters come from the URL and, for POST, a form-encoded body, as Prometheus takes
 //! them; times are RFC 3339 or Unix seconds, durations Prometheus durations or seconds.
 //! Extra parameters: `consistency` (`strong`, the default; `leader`; `any`) and
-//! `partial_response`. Errors are Prometheus' JSON (`status`, `errorType`, `error`) with its
+//! `partial_response`. The metadata endpoints select with a one-instant partial query of
+//! `present_over_time` over `[start, end]` (default: 1970 until now). Errors are Prometheus' JSON (`status`, `errorType`, `error`) with its
 //! status codes: 400 `bad_data` (the request or the query text), 422 `execution`, 503
 //! `unavailable` (shards did not answer).
 
@@ -65,7 +69,10 @@ pub struct QueryService {
 pub struct ClusterSource<'a> {
     service: &'a QueryService,
     consistency: Consistency,
+    /// How long the whole request may take.
     deadline: Duration,
+    /// How long one shard may take (F3).
+    shard_deadline: Duration,
     partial_ok: bool,
 }
 
@@ -97,7 +104,12 @@ impl Source for ClusterSource<'_> {
                     .filter_map(|n| nodes.get(n).map(|i| (*n, i.clone())))
                     .collect();
                 let ask = self.ask(group, &q, targets);
-                async move { (shard.0, tokio::time::timeout(self.deadline, ask).await) }
+                async move {
+                    (
+                        shard.0,
+                        tokio::time::timeout(self.shard_deadline, ask).await,
+                    )
+                }
             });
             let mut merged: Option<PartialResult> = None;
             let mut failures = Vec::new();
@@ -113,7 +125,7 @@ impl Source for ClusterSource<'_> {
                     Ok(Err(e)) => failures.push(format!("shard {shard}: {e}")),
                     Err(_) => failures.push(format!(
                         "shard {shard}: no answer within {:?}",
-                        self.deadline
+                        self.shard_deadline
                     )),
                 }
             }
@@ -170,7 +182,7 @@ impl ClusterSource<'_> {
         for (node, info) in targets.into_iter().filter(|(n, _)| *n != me) {
             match s
                 .router
-                .query(node, &info, group, self.consistency, q, self.deadline)
+                .query(node, &info, group, self.consistency, q, self.shard_deadline)
                 .await
             {
                 Ok(r) => return Ok(r),
@@ -187,29 +199,19 @@ pub fn routes(service: Arc<QueryService>) -> Router {
     Router::new()
         .route("/api/v1/query", get(instant_query).post(instant_query))
         .route("/api/v1/query_range", get(range_query).post(range_query))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(label_names).post(label_names))
+        .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/status/buildinfo", get(buildinfo))
         .with_state(service)
 }
 
 type Params = BTreeMap<String, String>;
 
-/// The URL's parameters and a POST's form-encoded ones (the body wins, as in Go's `FormValue`
-/// order: Prometheus reads `r.FormValue`, which prefers the body).
+/// The URL's parameters and a POST's form-encoded ones; the body wins, as Prometheus reads
+/// Go's `r.FormValue`, which prefers it.
 fn params(query: Option<String>, body: &Bytes) -> Result<Params, ApiError> {
-    let mut out = Params::new();
-    let parse = |text: &str| {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(text)
-            .map_err(|e| ApiError::bad_data(format!("cannot parse the parameters: {e}")))
-    };
-    for (k, v) in parse(query.as_deref().unwrap_or(""))? {
-        out.entry(k).or_insert(v);
-    }
-    let body = std::str::from_utf8(body)
-        .map_err(|_| ApiError::bad_data("the form body is not UTF-8".into()))?;
-    for (k, v) in parse(body)? {
-        out.insert(k, v);
-    }
-    Ok(out)
+    Ok(param_list(query, body)?.into_iter().collect())
 }
 
 struct ApiError {
@@ -416,6 +418,7 @@ fn request_source<'a>(
             service,
             consistency,
             deadline,
+            shard_deadline: deadline * 3 / 4,
             partial_ok,
         },
         QueryOptions::new(tenant),
@@ -535,6 +538,125 @@ async fn range_query(
             json!({"resultType": "matrix", "result": result}),
             warnings,
         ))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The label sets of the series that match any `match[]` selector (or every series, when
+/// `required` is false and none is given) and have a sample in `[start, end]` (default: since
+/// 1970 until now): a one-instant partial query of `present_over_time` over that range.
+async fn matching_series(
+    service: &QueryService,
+    p: &[(String, String)],
+    headers: &HeaderMap,
+    required: bool,
+) -> Result<(Vec<strata_shard::Labels>, Vec<String>), ApiError> {
+    let map: Params = p.iter().cloned().collect();
+    let end = time_param(&map, "end", Some(service.clock.now_ms()))?;
+    let start = time_param(&map, "start", Some(0))?;
+    if end < start {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time".into(),
+        ));
+    }
+    let mut selectors: Vec<&str> = p
+        .iter()
+        .filter(|(k, _)| k == "match[]")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if selectors.is_empty() {
+        if required {
+            return Err(ApiError::bad_data("no match[] parameter provided".into()));
+        }
+        selectors.push(r#"{__name__=~".+"}"#);
+    }
+    let (source, options) = request_source(service, &map, headers)?;
+    let mut found = std::collections::BTreeSet::new();
+    let mut warnings = Vec::new();
+    for text in selectors {
+        let matchers =
+            strata_query_fanout::eval::selector_matchers(text).map_err(ApiError::from)?;
+        let q = PartialQuery {
+            tenant: options.tenant.clone(),
+            matchers,
+            grid: TimeGrid::instant(end),
+            lookback_ms: options.lookback_ms,
+            range: Some(strata_shard::query::RangeSpec {
+                func: strata_shard::query::RangeFn::PresentOverTime,
+                range_ms: end - start + 1,
+            }),
+            aggregation: None,
+        };
+        let answer = source
+            .select(q)
+            .await
+            .map_err(|e| ApiError::from(QueryError::Source(e)))?;
+        warnings.extend(answer.warnings);
+        found.extend(answer.result.finalize().into_iter().map(|s| s.labels));
+    }
+    Ok((found.into_iter().collect(), warnings))
+}
+
+/// The parameters as a list: `match[]` may repeat.
+fn param_list(query: Option<String>, body: &Bytes) -> Result<Vec<(String, String)>, ApiError> {
+    let parse = |text: &str| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(text)
+            .map_err(|e| ApiError::bad_data(format!("cannot parse the parameters: {e}")))
+    };
+    let body = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_data("the form body is not UTF-8".into()))?;
+    let mut out = parse(query.as_deref().unwrap_or(""))?;
+    out.extend(parse(body)?);
+    Ok(out)
+}
+
+async fn series(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let p = param_list(raw, &body)?;
+        let (found, warnings) = matching_series(&service, &p, &headers, true).await?;
+        Ok::<_, ApiError>(success(
+            json!(found.iter().map(metric).collect::<Vec<_>>()),
+            warnings,
+        ))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn label_names(
+    State(service): State<Arc<QueryService>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let answer = async {
+        let p = param_list(raw, &body)?;
+        let (found, warnings) = matching_series(&service, &p, &headers, false).await?;
+        let names: std::collections::BTreeSet<&str> = found
+            .iter()
+            .flat_map(|l| l.iter().map(|l| l.name.as_str()))
+            .collect();
+        Ok::<_, ApiError>(success(json!(names), warnings))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn label_values(
+    State(service): State<Arc<QueryService>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let answer = async {
+        let p = param_list(raw, &Bytes::new())?;
+        let (found, warnings) = matching_series(&service, &p, &headers, false).await?;
+        let values: std::collections::BTreeSet<&str> =
+            found.iter().filter_map(|l| l.get(&name)).collect();
+        Ok::<_, ApiError>(success(json!(values), warnings))
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }

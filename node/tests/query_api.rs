@@ -123,5 +123,72 @@ async fn every_node_answers_promql_over_the_whole_cluster() {
 
     let (status, json) = get(http[&1], "/api/v1/status/buildinfo").await;
     assert_eq!((status, json["status"].as_str()), (200, Some("success")));
+
+    // Series metadata: the series and label endpoints Grafana's editor uses.
+    let range = format!("start={}&end={}", start / 1000, end / 1000);
+    let (status, json) = get(
+        http[&2],
+        &format!(
+            "/api/v1/series?match[]={}&{range}",
+            encode(r#"requests_total{instance=~"host-1.?"}"#)
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, json["data"].as_array().map(Vec::len)),
+        (200, Some(11)),
+        "{json}"
+    );
+    let (status, json) = get(http[&3], &format!("/api/v1/labels?{range}")).await;
+    assert_eq!(
+        (status, &json["data"]),
+        (200, &serde_json::json!(["__name__", "instance"])),
+        "{json}"
+    );
+    let (status, json) = get(http[&1], &format!("/api/v1/label/__name__/values?{range}")).await;
+    assert_eq!(
+        (status, &json["data"]),
+        (200, &serde_json::json!(["requests_total"])),
+        "{json}"
+    );
+
+    // Nodes 2 and 3 die: every shard group is down to one replica, without a quorum. A query
+    // fails naming the shards, or, when a partial answer is acceptable, answers what it has
+    // (here nothing) with a warning per missing shard.
+    cluster.stop_node(2).await.unwrap();
+    cluster.stop_node(3).await.unwrap();
+    let count = encode("count(requests_total)");
+    let (status, json) = get(
+        http[&1],
+        &format!("/api/v1/query?query={count}&time={t}&timeout=3s"),
+    )
+    .await;
+    assert_eq!(
+        (status, json["errorType"].as_str()),
+        (503, Some("unavailable")),
+        "{json}"
+    );
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("4 of 4 shards did not answer: shard 0"),
+        "{json}"
+    );
+    let (status, json) = get(
+        http[&1],
+        &format!("/api/v1/query?query={count}&time={t}&timeout=3s&partial_response=true"),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["warnings"].as_array().map(Vec::len), Some(4), "{json}");
+    assert!(
+        json["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("partial result: shard 0"),
+        "{json}"
+    );
+    assert_eq!(json["data"]["result"], serde_json::json!([]), "{json}");
     cluster.shutdown().await;
 }

@@ -1268,6 +1268,16 @@ fn unparen(expr: &Expr) -> &Expr {
     }
 }
 
+/// The matchers of a series selector given as text (the `match[]` of the metadata API).
+pub fn selector_matchers(text: &str) -> Result<Vec<Matcher>, QueryError> {
+    match parser::parse(text).map_err(QueryError::Parse)? {
+        Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => matchers(&vs),
+        _ => Err(QueryError::Parse(format!(
+            "{text:?} is not a series selector (such as up{{job=\"api\"}})"
+        ))),
+    }
+}
+
 /// The selector's matchers as the shards take them; regexes are rebuilt so `.` matches a
 /// newline, as in Prometheus 3.x.
 fn matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError> {
