@@ -82,6 +82,35 @@ impl Default for RaftSection {
     }
 }
 
+/// Guard rails of PromQL queries (`[query]` in the file): the defaults of every tenant, which
+/// the meta group's per-tenant limits override.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySection {
+    /// Longest a query may run; a request's `timeout` can only lower it (Prometheus'
+    /// `--query.timeout`).
+    pub timeout_ms: u64,
+    /// Most series one query may fetch from the shards, 0 for no limit (Mimir's
+    /// `max_fetched_series_per_query`).
+    pub series_max: u64,
+    /// Most points one query may fetch from the shards (Prometheus' `--query.max-samples`).
+    pub samples_max: u64,
+    /// Queries of one tenant running at once on this node; more wait, within their timeout
+    /// (Prometheus' `--query.max-concurrency`).
+    pub concurrent_max: u64,
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        QuerySection {
+            timeout_ms: 120_000,
+            series_max: 0,
+            samples_max: 50_000_000,
+            concurrent_max: 20,
+        }
+    }
+}
+
 /// One node's configuration (module doc; every field in `docs/configuration.md`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +134,7 @@ pub struct NodeConfig {
     /// Whether `X-Scope-OrgID` selects the tenant (else every write goes to `anonymous`).
     pub multi_tenant: bool,
     pub raft: RaftSection,
+    pub query: QuerySection,
 }
 
 /// Shards of a new cluster unless configured.
@@ -127,6 +157,7 @@ impl Default for NodeConfig {
             replication_factor: 3,
             multi_tenant: false,
             raft: RaftSection::default(),
+            query: QuerySection::default(),
         }
     }
 }
@@ -251,6 +282,10 @@ impl NodeConfig {
             r.propose_timeout_ms > 0,
             "raft.propose_timeout_ms must be > 0"
         );
+        let q = &self.query;
+        ensure!(q.timeout_ms > 0, "query.timeout_ms must be > 0");
+        ensure!(q.samples_max > 0, "query.samples_max must be > 0");
+        ensure!(q.concurrent_max > 0, "query.concurrent_max must be > 0");
         Ok(())
     }
 

@@ -15,6 +15,14 @@
 //! - F3. A shard has three quarters of the request's `timeout` (default 2 min) to answer, so a
 //!   missing shard is reported as such (F2) before the whole request times out.
 //!
+//! ## Guard rails (per tenant: the node's `[query]` defaults, overridden by the meta group)
+//! - G1. A query runs at most `timeout_ms`; a request's `timeout` can only lower it.
+//! - G2. A query fetches at most `series_max` series (0: no limit) and `samples_max` points
+//!   (series × instants of every selection, groups for pushed-down aggregations) from the
+//!   shards; past either it fails with 422 `execution` naming the limit and the tenant.
+//! - G3. At most `concurrent_max` queries of one tenant run at once on a node; more wait,
+//!   within their timeout, then fail with 503 naming the limit.
+//!
 //! ## HTTP API (Prometheus' `/api/v1/query`, `/api/v1/query_range`, `series`, `labels`,
 //! `label/<name>/values`, `status/buildinfo`)
 //! Parameters come from the URL and, for POST, a form-encoded body, as Prometheus takes
@@ -26,7 +34,7 @@
 //! `unavailable` (shards did not answer).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -46,10 +54,12 @@ use strata_raft::registry::{Consistency, ReadError};
 use strata_raft::types::{GroupId, NodeId, NodeInfo};
 use strata_router::ring::group_of;
 use strata_router::write::Writer;
-use strata_shard::Clock;
 use strata_shard::partial::{self, GRID_STEPS_MAX, PartialResult};
 use strata_shard::query::PartialQuery;
+use strata_shard::{Clock, Tenant};
+use tokio::sync::Semaphore;
 
+use crate::config::QuerySection;
 use crate::ingest::TENANT_HEADER;
 use crate::server::Node;
 
@@ -63,11 +73,19 @@ pub struct QueryService {
     pub writer: Arc<Writer<GrpcRouter>>,
     pub clock: Arc<dyn Clock>,
     pub multi_tenant: bool,
+    /// Every tenant's guard rails unless the meta group overrides them (G1–G3).
+    pub limits: QuerySection,
+    /// Per tenant: its concurrency limit and the semaphore enforcing it.
+    pub running: Mutex<BTreeMap<Tenant, (u64, Arc<Semaphore>)>>,
 }
 
-/// One request's view of the cluster (module doc, F1–F2).
+/// One request's view of the cluster (module doc, F1–F3, G2).
 pub struct ClusterSource<'a> {
     service: &'a QueryService,
+    tenant: Tenant,
+    limits: QuerySection,
+    /// Series and points fetched so far by this request (G2).
+    fetched: Mutex<(u64, u64)>,
     consistency: Consistency,
     /// How long the whole request may take.
     deadline: Duration,
@@ -138,6 +156,7 @@ impl Source for ClusterSource<'_> {
                 )));
             }
             let result = merged.unwrap_or_else(|| empty_result(&q));
+            self.count(&result)?;
             Ok(Answer {
                 result,
                 warnings: failures
@@ -162,6 +181,40 @@ fn empty_result(q: &PartialQuery) -> PartialResult {
 }
 
 impl ClusterSource<'_> {
+    /// Adds what a merged answer holds to what the request fetched, and refuses it past the
+    /// tenant's limits (G2): series (groups, for a pushed-down aggregation) and points.
+    fn count(&self, result: &PartialResult) -> Result<(), SourceError> {
+        let (series, points) = match result {
+            PartialResult::Series(v) => (v.len(), v.iter().map(|s| s.points.len()).sum::<usize>()),
+            PartialResult::Groups { groups, .. } => (
+                groups.len(),
+                groups
+                    .iter()
+                    .map(|g| g.points.iter().flatten().count())
+                    .sum(),
+            ),
+        };
+        let mut fetched = self.fetched.lock().unwrap_or_else(PoisonError::into_inner);
+        fetched.0 += series as u64;
+        fetched.1 += points as u64;
+        let (l, t) = (&self.limits, &self.tenant);
+        if l.series_max > 0 && fetched.0 > l.series_max {
+            return Err(SourceError::Limit(format!(
+                "the query fetched {} series, more than the limit of {} for tenant {t} \
+                 (query_series_max); select fewer series",
+                fetched.0, l.series_max
+            )));
+        }
+        if fetched.1 > l.samples_max {
+            return Err(SourceError::Limit(format!(
+                "the query fetched {} points, more than the limit of {} for tenant {t} \
+                 (query_samples_max); shorten the range, raise the step or select fewer series",
+                fetched.1, l.samples_max
+            )));
+        }
+        Ok(())
+    }
+
     /// Asks one shard group: here if this node hosts a replica, then the placement's nodes.
     async fn ask(
         &self,
@@ -372,8 +425,45 @@ fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     Some(((days * 86_400 + hour * 3600 + minute * 60 + second - offset_s) * 1000) + millis)
 }
 
-/// The settings every query request shares: consistency, partial answers, deadline, tenant.
-fn request_source<'a>(
+impl QueryService {
+    /// The tenant's guard rails: the node's `[query]` defaults, overridden by the meta
+    /// group's limits for the tenant where set.
+    async fn limits_of(&self, tenant: &Tenant) -> QuerySection {
+        let mut l = self.limits.clone();
+        let overrides = self
+            .registry
+            .read_meta(Consistency::Any, |m| m.tenant_limits(tenant).copied())
+            .await
+            .ok()
+            .flatten();
+        if let Some(o) = overrides {
+            l.timeout_ms = o.query_timeout_ms.unwrap_or(l.timeout_ms);
+            l.series_max = o.query_series_max.unwrap_or(l.series_max);
+            l.samples_max = o.query_samples_max.unwrap_or(l.samples_max);
+            l.concurrent_max = o.concurrent_queries_max.unwrap_or(l.concurrent_max);
+        }
+        l
+    }
+
+    /// The semaphore bounding the tenant's running queries at `limit` (a new one when the
+    /// limit changed; queries holding the old one finish under it).
+    fn semaphore(&self, tenant: &Tenant, limit: u64) -> Arc<Semaphore> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get(tenant) {
+            Some((l, sem)) if *l == limit => Arc::clone(sem),
+            _ => {
+                let permits = usize::try_from(limit).unwrap_or(Semaphore::MAX_PERMITS);
+                let sem = Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS)));
+                running.insert(tenant.clone(), (limit, Arc::clone(&sem)));
+                sem
+            }
+        }
+    }
+}
+
+/// The settings every query request shares: consistency, partial answers, deadline, tenant,
+/// limits.
+async fn request_source<'a>(
     service: &'a QueryService,
     p: &Params,
     headers: &HeaderMap,
@@ -397,15 +487,6 @@ fn request_source<'a>(
             )));
         }
     };
-    let deadline = match duration_param(p, "timeout")? {
-        Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
-        Some(ms) => {
-            return Err(ApiError::bad_data(format!(
-                "invalid parameter \"timeout\": {ms} ms must be positive"
-            )));
-        }
-        None => QUERY_TIMEOUT_DEFAULT,
-    };
     let requested = headers
         .get(TENANT_HEADER)
         .map(|v| v.to_str())
@@ -413,9 +494,23 @@ fn request_source<'a>(
         .map_err(|_| ApiError::bad_data(format!("{TENANT_HEADER} is not text")))?;
     let tenant =
         crate::ingest::tenant(requested, service.multi_tenant).map_err(ApiError::bad_data)?;
+    let limits = service.limits_of(&tenant).await;
+    let most = Duration::from_millis(limits.timeout_ms);
+    let deadline = match duration_param(p, "timeout")? {
+        Some(ms) if ms > 0 => most.min(Duration::from_millis(ms as u64)),
+        Some(ms) => {
+            return Err(ApiError::bad_data(format!(
+                "invalid parameter \"timeout\": {ms} ms must be positive"
+            )));
+        }
+        None => most,
+    };
     Ok((
         ClusterSource {
             service,
+            tenant: tenant.clone(),
+            limits,
+            fetched: Mutex::new((0, 0)),
             consistency,
             deadline,
             shard_deadline: deadline * 3 / 4,
@@ -434,9 +529,24 @@ async fn run(
     let text = p
         .get("query")
         .ok_or_else(|| ApiError::bad_data("missing parameter \"query\"".into()))?;
-    let (source, options) = request_source(service, p, headers)?;
+    let (source, options) = request_source(service, p, headers).await?;
     let deadline = source.deadline;
-    let evaluated = tokio::time::timeout(deadline, query(&source, options, text, grid))
+    let started = tokio::time::Instant::now();
+    let (tenant, limit) = (&source.tenant, source.limits.concurrent_max);
+    let semaphore = service.semaphore(tenant, limit);
+    let _permit = tokio::time::timeout(deadline, semaphore.acquire_owned())
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message: format!(
+                "tenant {tenant} already runs {limit} queries on this node (concurrent_queries_max); \
+                 this one waited {deadline:?} for one to finish"
+            ),
+        })?
+        .expect("the semaphore is never closed");
+    let remaining = deadline.saturating_sub(started.elapsed());
+    let evaluated = tokio::time::timeout(remaining, query(&source, options, text, grid))
         .await
         .map_err(|_| ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -570,7 +680,7 @@ async fn matching_series(
         }
         selectors.push(r#"{__name__=~".+"}"#);
     }
-    let (source, options) = request_source(service, &map, headers)?;
+    let (source, options) = request_source(service, &map, headers).await?;
     let mut found = std::collections::BTreeSet::new();
     let mut warnings = Vec::new();
     for text in selectors {

@@ -234,6 +234,8 @@ impl NodeServer {
             writer: Arc::clone(&write_state.writer),
             clock: Arc::clone(&env.clock),
             multi_tenant: config.multi_tenant,
+            limits: config.query.clone(),
+            running: Mutex::new(BTreeMap::new()),
         });
         let sampler = crate::metrics::spawn_sampler(Arc::clone(&registry));
         let (raft_stop, stopped) = oneshot::channel::<()>();

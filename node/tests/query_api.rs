@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 use strata_node::cluster::Cluster;
-use strata_shard::{Clock, SystemClock};
+use strata_raft::meta::{MetaCommand, TenantLimits};
+use strata_raft::types::{Command, META_GROUP};
+use strata_shard::{Clock, SystemClock, Tenant};
 
 mod common;
 use common::{TempDir, body, post, request};
@@ -151,6 +153,65 @@ async fn every_node_answers_promql_over_the_whole_cluster() {
         (200, &serde_json::json!(["requests_total"])),
         "{json}"
     );
+
+    // A per-tenant limit from the meta group: at most 10 series per query.
+    let meta_leader = cluster.wait_for_leader(META_GROUP).await.unwrap();
+    let tenant = Tenant::new("anonymous").unwrap();
+    let set = |limits| {
+        Command::Meta(MetaCommand::SetTenantLimits {
+            tenant: tenant.clone(),
+            limits,
+        })
+    };
+    let limits = TenantLimits {
+        query_series_max: Some(10),
+        ..TenantLimits::default()
+    };
+    cluster
+        .node(meta_leader)
+        .propose(META_GROUP, set(limits))
+        .await
+        .unwrap();
+    // Node 3 applies the meta change a heartbeat or so after the leader.
+    let mut tries = 0;
+    let (status, json) = loop {
+        let path = format!("/api/v1/query?query=requests_total&time={t}");
+        let (status, json) = get(http[&3], &path).await;
+        tries += 1;
+        if status != 200 || tries == 50 {
+            break (status, json);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (status, json["errorType"].as_str()),
+        (422, Some("execution")),
+        "{json}"
+    );
+    assert!(
+        json["error"].as_str().unwrap().contains(
+            "fetched 40 series, more than the limit of 10 for tenant anonymous (query_series_max)"
+        ),
+        "{json}"
+    );
+    // An aggregation the shards compute fetches one group, not 40 series.
+    let (status, _) = get(
+        http[&3],
+        &format!(
+            "/api/v1/query?query={}&time={t}",
+            encode("sum(requests_total)")
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let clear = Command::Meta(MetaCommand::RemoveTenantLimits {
+        tenant: tenant.clone(),
+    });
+    cluster
+        .node(meta_leader)
+        .propose(META_GROUP, clear)
+        .await
+        .unwrap();
 
     // Nodes 2 and 3 die: every shard group is down to one replica, without a quorum. A query
     // fails naming the shards, or, when a partial answer is acceptable, answers what it has
