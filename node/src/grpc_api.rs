@@ -4,6 +4,9 @@
 //! remote-write senders (see `proto/proto/api.proto`), with the [`pb::WriteReply`] as the OK
 //! message or, on an error status, encoded in the status details.
 //!
+//! `Query` evaluates PromQL through [`crate::query::QueryService`], as the HTTP query API
+//! does.
+//!
 //! `ReadSeries` reads one series' raw samples from this node's replicas of the shards the
 //! series was routed to ([`Writer::shards_for_series`]), as fresh as the request asks. It is
 //! not forwarded: a node that does not host a shard, or is not its leader when the read must
@@ -11,9 +14,12 @@
 //! will reach every shard from any node.)
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use strata_proto::api as pb;
+use strata_query_fanout::TimeGrid;
+use strata_query_fanout::eval::Value;
 use strata_raft::network::{Forwarder, Transport};
 use strata_raft::registry::{Consistency, ReadError, Registry};
 use strata_router::ring::{group_of, shard_of_group};
@@ -23,21 +29,29 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::http::HttpState;
 use crate::ingest::{Ingested, ingest};
+use crate::query::{QueryService, Settings};
 
-/// The `Strata` service over a node's write state and its replicas.
+/// The `Strata` service over a node's write state, its replicas and its query front end.
 pub struct Api<T: Transport + Forwarder> {
     state: Arc<HttpState<T>>,
     registry: Arc<Registry<T>>,
+    query: Arc<QueryService>,
 }
 
 /// The gRPC server of the API, with the message limit the remote-write limits imply.
 pub fn service<T: Transport + Forwarder>(
     state: Arc<HttpState<T>>,
     registry: Arc<Registry<T>>,
+    query: Arc<QueryService>,
 ) -> pb::strata_server::StrataServer<Api<T>> {
     // The body limit plus room for the tenant and the framing.
     let max = state.limits.body_compressed_bytes_max + 4096;
-    pb::strata_server::StrataServer::new(Api { state, registry }).max_decoding_message_size(max)
+    pb::strata_server::StrataServer::new(Api {
+        state,
+        registry,
+        query,
+    })
+    .max_decoding_message_size(max)
 }
 
 /// The reply describing what a request came to.
@@ -169,8 +183,104 @@ async fn read_series<T: Transport + Forwarder>(
         .collect())
 }
 
+/// The answer of `Query` in its protobuf form.
+fn query_reply(value: Value, grid: TimeGrid, warnings: Vec<String>) -> pb::QueryReply {
+    let samples = |points: &[Option<f64>]| -> Vec<pb::Sample> {
+        grid.steps()
+            .zip(points)
+            .filter_map(|(t, p)| {
+                p.map(|value| pb::Sample {
+                    timestamp_ms: t,
+                    value,
+                })
+            })
+            .collect()
+    };
+    let mut reply = pb::QueryReply {
+        warnings,
+        ..Default::default()
+    };
+    match value {
+        Value::Scalar(v) => {
+            reply.result_type = "scalar".into();
+            let points: Vec<Option<f64>> = v.into_iter().map(Some).collect();
+            reply.series.push(pb::QuerySeries {
+                labels: Vec::new(),
+                samples: samples(&points),
+            });
+        }
+        Value::String(s) => {
+            reply.result_type = "string".into();
+            reply.string_value = s;
+        }
+        Value::Vector(series) => {
+            reply.result_type = if grid.start_ms == grid.end_ms {
+                "vector"
+            } else {
+                "matrix"
+            }
+            .into();
+            reply.series = series
+                .iter()
+                .map(|s| pb::QuerySeries {
+                    labels: s
+                        .labels
+                        .iter()
+                        .map(|l| pb::Label {
+                            name: l.name.clone(),
+                            value: l.value.clone(),
+                        })
+                        .collect(),
+                    samples: samples(&s.points),
+                })
+                .filter(|s| !s.samples.is_empty())
+                .collect();
+        }
+    }
+    reply
+}
+
+fn consistency_of(c: i32) -> Result<Consistency, Status> {
+    match pb::Consistency::try_from(c) {
+        Ok(pb::Consistency::Strong) => Ok(Consistency::Strong),
+        Ok(pb::Consistency::Leader) => Ok(Consistency::Leader),
+        Ok(pb::Consistency::Any) => Ok(Consistency::Any),
+        Err(_) => Err(Status::invalid_argument(format!("unknown consistency {c}"))),
+    }
+}
+
 #[tonic::async_trait]
 impl<T: Transport + Forwarder> pb::strata_server::Strata for Api<T> {
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryReply>, Status> {
+        let r = request.into_inner();
+        let grid = if r.start_ms == r.end_ms {
+            TimeGrid::instant(r.start_ms)
+        } else {
+            TimeGrid {
+                start_ms: r.start_ms,
+                end_ms: r.end_ms,
+                step_ms: r.step_ms,
+            }
+        };
+        let settings = Settings {
+            tenant: (!r.tenant.is_empty()).then_some(r.tenant),
+            consistency: consistency_of(r.consistency)?,
+            partial_ok: r.partial_response,
+            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms as u64)),
+        };
+        match self.query.execute(&settings, &r.query, grid).await {
+            Ok((value, warnings)) => Ok(Response::new(query_reply(value, grid, warnings))),
+            Err(e) => Err(match e.kind {
+                "timeout" => Status::deadline_exceeded(e.message),
+                "unavailable" => Status::unavailable(e.message),
+                _ => Status::invalid_argument(e.message),
+            }),
+        }
+    }
+
     async fn read_series(
         &self,
         request: Request<pb::ReadSeriesRequest>,

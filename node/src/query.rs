@@ -267,10 +267,12 @@ fn params(query: Option<String>, body: &Bytes) -> Result<Params, ApiError> {
     Ok(param_list(query, body)?.into_iter().collect())
 }
 
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+/// A query that failed, as Prometheus reports it (HTTP status, `errorType`, `error`).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
 }
 
 impl ApiError {
@@ -463,11 +465,19 @@ impl QueryService {
 
 /// The settings every query request shares: consistency, partial answers, deadline, tenant,
 /// limits.
-async fn request_source<'a>(
-    service: &'a QueryService,
-    p: &Params,
-    headers: &HeaderMap,
-) -> Result<(ClusterSource<'a>, QueryOptions), ApiError> {
+/// How one query request wants to be answered, however it arrived (HTTP or gRPC).
+pub struct Settings {
+    /// The tenant the request names (`X-Scope-OrgID`, the gRPC `tenant`), if any.
+    pub tenant: Option<String>,
+    pub consistency: Consistency,
+    pub partial_ok: bool,
+    /// The request's own timeout, which can only lower the tenant's (G1).
+    pub timeout: Option<Duration>,
+}
+
+/// The HTTP request's [`Settings`]: `consistency`, `partial_response`, `timeout`, and the
+/// tenant header.
+fn http_settings(p: &Params, headers: &HeaderMap) -> Result<Settings, ApiError> {
     let consistency = match p.get("consistency").map(String::as_str) {
         None | Some("strong") => Consistency::Strong,
         Some("leader") => Consistency::Leader,
@@ -487,37 +497,87 @@ async fn request_source<'a>(
             )));
         }
     };
-    let requested = headers
+    let tenant = headers
         .get(TENANT_HEADER)
-        .map(|v| v.to_str())
+        .map(|v| v.to_str().map(str::to_string))
         .transpose()
         .map_err(|_| ApiError::bad_data(format!("{TENANT_HEADER} is not text")))?;
-    let tenant =
-        crate::ingest::tenant(requested, service.multi_tenant).map_err(ApiError::bad_data)?;
-    let limits = service.limits_of(&tenant).await;
-    let most = Duration::from_millis(limits.timeout_ms);
-    let deadline = match duration_param(p, "timeout")? {
-        Some(ms) if ms > 0 => most.min(Duration::from_millis(ms as u64)),
+    let timeout = match duration_param(p, "timeout")? {
+        Some(ms) if ms > 0 => Some(Duration::from_millis(ms as u64)),
         Some(ms) => {
             return Err(ApiError::bad_data(format!(
                 "invalid parameter \"timeout\": {ms} ms must be positive"
             )));
         }
-        None => most,
+        None => None,
     };
-    Ok((
-        ClusterSource {
-            service,
-            tenant: tenant.clone(),
-            limits,
-            fetched: Mutex::new((0, 0)),
-            consistency,
-            deadline,
-            shard_deadline: deadline * 3 / 4,
-            partial_ok,
-        },
-        QueryOptions::new(tenant),
-    ))
+    Ok(Settings {
+        tenant,
+        consistency,
+        partial_ok,
+        timeout,
+    })
+}
+
+impl QueryService {
+    /// The request's view of the cluster under its tenant's limits.
+    async fn source(
+        &self,
+        settings: &Settings,
+    ) -> Result<(ClusterSource<'_>, QueryOptions), ApiError> {
+        let tenant = crate::ingest::tenant(settings.tenant.as_deref(), self.multi_tenant)
+            .map_err(ApiError::bad_data)?;
+        let limits = self.limits_of(&tenant).await;
+        let most = Duration::from_millis(limits.timeout_ms);
+        let deadline = settings.timeout.map_or(most, |t| t.min(most));
+        Ok((
+            ClusterSource {
+                service: self,
+                tenant: tenant.clone(),
+                limits,
+                fetched: Mutex::new((0, 0)),
+                consistency: settings.consistency,
+                deadline,
+                shard_deadline: deadline * 3 / 4,
+                partial_ok: settings.partial_ok,
+            },
+            QueryOptions::new(tenant),
+        ))
+    }
+
+    /// Evaluates `text` over `grid` for one request (G1–G3); the value and the warnings.
+    pub async fn execute(
+        &self,
+        settings: &Settings,
+        text: &str,
+        grid: TimeGrid,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let (source, options) = self.source(settings).await?;
+        let deadline = source.deadline;
+        let started = tokio::time::Instant::now();
+        let (tenant, limit) = (&source.tenant, source.limits.concurrent_max);
+        let semaphore = self.semaphore(tenant, limit);
+        let _permit = tokio::time::timeout(deadline, semaphore.acquire_owned())
+            .await
+            .map_err(|_| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "unavailable",
+                message: format!(
+                    "tenant {tenant} already runs {limit} queries on this node \
+                     (concurrent_queries_max); this one waited {deadline:?} for one to finish"
+                ),
+            })?
+            .expect("the semaphore is never closed");
+        let remaining = deadline.saturating_sub(started.elapsed());
+        let evaluated = tokio::time::timeout(remaining, query(&source, options, text, grid))
+            .await
+            .map_err(|_| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "timeout",
+                message: format!("query timed out in expression evaluation after {deadline:?}"),
+            })??;
+        Ok((evaluated.value, evaluated.warnings))
+    }
 }
 
 async fn run(
@@ -525,35 +585,13 @@ async fn run(
     p: &Params,
     headers: &HeaderMap,
     grid: TimeGrid,
-) -> Result<(Value, TimeGrid, Vec<String>), ApiError> {
+) -> Result<(Value, Vec<String>), ApiError> {
     let text = p
         .get("query")
         .ok_or_else(|| ApiError::bad_data("missing parameter \"query\"".into()))?;
-    let (source, options) = request_source(service, p, headers).await?;
-    let deadline = source.deadline;
-    let started = tokio::time::Instant::now();
-    let (tenant, limit) = (&source.tenant, source.limits.concurrent_max);
-    let semaphore = service.semaphore(tenant, limit);
-    let _permit = tokio::time::timeout(deadline, semaphore.acquire_owned())
+    service
+        .execute(&http_settings(p, headers)?, text, grid)
         .await
-        .map_err(|_| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "unavailable",
-            message: format!(
-                "tenant {tenant} already runs {limit} queries on this node (concurrent_queries_max); \
-                 this one waited {deadline:?} for one to finish"
-            ),
-        })?
-        .expect("the semaphore is never closed");
-    let remaining = deadline.saturating_sub(started.elapsed());
-    let evaluated = tokio::time::timeout(remaining, query(&source, options, text, grid))
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "timeout",
-            message: format!("query timed out in expression evaluation after {deadline:?}"),
-        })??;
-    Ok((evaluated.value, evaluated.grid, evaluated.warnings))
 }
 
 async fn instant_query(
@@ -565,7 +603,7 @@ async fn instant_query(
     let answer = async {
         let p = params(raw, &body)?;
         let t = time_param(&p, "time", Some(service.clock.now_ms()))?;
-        let (value, _, warnings) = run(&service, &p, &headers, TimeGrid::instant(t)).await?;
+        let (value, warnings) = run(&service, &p, &headers, TimeGrid::instant(t)).await?;
         let data = match value {
             Value::Scalar(v) => json!({"resultType": "scalar", "result": point(t, v[0])}),
             Value::String(s) => json!({"resultType": "string", "result": [t as f64 / 1e3, s]}),
@@ -617,7 +655,7 @@ async fn range_query(
             end_ms: end,
             step_ms: step,
         };
-        let (value, grid, warnings) = run(&service, &p, &headers, grid).await?;
+        let (value, warnings) = run(&service, &p, &headers, grid).await?;
         let series: Vec<(Json, Vec<Json>)> = match value {
             Value::Scalar(v) => vec![(
                 json!({}),
@@ -680,7 +718,7 @@ async fn matching_series(
         }
         selectors.push(r#"{__name__=~".+"}"#);
     }
-    let (source, options) = request_source(service, &map, headers).await?;
+    let (source, options) = service.source(&http_settings(&map, headers)?).await?;
     let mut found = std::collections::BTreeSet::new();
     let mut warnings = Vec::new();
     for text in selectors {

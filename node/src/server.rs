@@ -241,7 +241,11 @@ impl NodeServer {
         let (raft_stop, stopped) = oneshot::channel::<()>();
         let handler: Arc<dyn strata_raft::network::RaftHandler> = Arc::clone(&registry) as _;
         let routes = tonic::service::Routes::new(grpc::service(handler)).add_service(
-            crate::grpc_api::service(Arc::clone(&write_state), Arc::clone(&registry)),
+            crate::grpc_api::service(
+                Arc::clone(&write_state),
+                Arc::clone(&registry),
+                Arc::clone(&query),
+            ),
         );
         let raft_server = tokio::spawn(async move {
             grpc::serve_routes(routes, incoming, async {

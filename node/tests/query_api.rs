@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use strata_node::cluster::Cluster;
+use strata_proto::api;
 use strata_raft::meta::{MetaCommand, TenantLimits};
 use strata_raft::types::{Command, META_GROUP};
 use strata_shard::{Clock, SystemClock, Tenant};
@@ -153,6 +154,43 @@ async fn every_node_answers_promql_over_the_whole_cluster() {
         (200, &serde_json::json!(["requests_total"])),
         "{json}"
     );
+
+    // The gRPC Query: the same range query, through node 2's gRPC address.
+    let addr = &cluster.members()[&2].addr;
+    let mut client = api::strata_client::StrataClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let reply = client
+        .query(api::QueryRequest {
+            query: "count(requests_total)".into(),
+            start_ms: end - 150_000,
+            end_ms: end - 30_000,
+            step_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.result_type, "matrix");
+    let points: Vec<(i64, f64)> = reply.series[0]
+        .samples
+        .iter()
+        .map(|s| (s.timestamp_ms, s.value))
+        .collect();
+    assert_eq!(
+        points,
+        (0..5)
+            .map(|i| (end - 150_000 + i * 30_000, 40.0))
+            .collect::<Vec<_>>()
+    );
+    let bad = client
+        .query(api::QueryRequest {
+            query: "sum(".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
 
     // A per-tenant limit from the meta group: at most 10 series per query.
     let meta_leader = cluster.wait_for_leader(META_GROUP).await.unwrap();
