@@ -160,6 +160,12 @@ fn selectors_functions_and_aggregations_answer_as_prometheus() {
             (&[("instance", "c"), ("job", "web")], 2.0),
         ],
     );
+    // atan2 drops the name like the other arithmetic operators (Prometheus 2.46+).
+    assert_values(
+        r#"cpu{instance="c"} atan2 0"#,
+        t,
+        &[(&[("instance", "c")], std::f64::consts::FRAC_PI_2)],
+    );
     assert_values(
         "cpu > 0.3",
         t,
