@@ -509,15 +509,7 @@ async fn prometheus_samples(prom: SocketAddr, selector: &str, at_ms: i64) -> Sam
             .unwrap()
             .iter()
             .map(|pair| {
-                // Seconds with millisecond decimals; the value as Go's shortest round-trip
-                // decimal (or NaN / +Inf / -Inf), so parsing it gives back the exact bits.
-                let ts = (pair[0].as_f64().unwrap() * 1000.0).round() as i64;
-                let v = match pair[1].as_str().unwrap() {
-                    "NaN" => f64::NAN,
-                    "+Inf" => f64::INFINITY,
-                    "-Inf" => f64::NEG_INFINITY,
-                    s => s.parse::<f64>().unwrap(),
-                };
+                let (ts, v) = json_point(pair);
                 (ts, value_bits(v))
             })
             .collect();
@@ -894,6 +886,19 @@ const DIFFERENTIAL_RANGE_QUERIES: &[&str] = &[
     "time()",
 ];
 
+/// A `[seconds, "value"]` pair of Prometheus' JSON: milliseconds and the value, parsed from
+/// Go's shortest round-trip decimal (or NaN / +Inf / -Inf), so it gives back the exact bits.
+fn json_point(pair: &serde_json::Value) -> (i64, f64) {
+    let ts = (pair[0].as_f64().unwrap() * 1000.0).round() as i64;
+    let v = match pair[1].as_str().unwrap() {
+        "NaN" => f64::NAN,
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse::<f64>().unwrap(),
+    };
+    (ts, v)
+}
+
 /// A range query's answer over `[start, end]` in steps of 2 s: labels → (ms, value) points.
 async fn range_answer(
     addr: SocketAddr,
@@ -921,16 +926,7 @@ async fn range_answer(
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| {
-                    let ts = (p[0].as_f64().unwrap() * 1000.0).round() as i64;
-                    let v = match p[1].as_str().unwrap() {
-                        "NaN" => f64::NAN,
-                        "+Inf" => f64::INFINITY,
-                        "-Inf" => f64::NEG_INFINITY,
-                        v => v.parse::<f64>().unwrap(),
-                    };
-                    (ts, v)
-                })
+                .map(json_point)
                 .collect();
             (s["metric"].to_string(), points)
         })
@@ -949,20 +945,14 @@ async fn instant_answer(addr: SocketAddr, q: &str, t_ms: i64) -> BTreeMap<String
     let text = String::from_utf8_lossy(&body);
     assert_eq!(status, 200, "{addr} answered {q} with {text}");
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let parse = |v: &serde_json::Value| match v.as_str().unwrap() {
-        "NaN" => f64::NAN,
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        s => s.parse::<f64>().unwrap(),
-    };
     let data = &answer["data"];
     if data["resultType"] == "scalar" {
-        return BTreeMap::from([("{}".to_string(), parse(&data["result"][1]))]);
+        return BTreeMap::from([("{}".to_string(), json_point(&data["result"]).1)]);
     }
     data["result"]
         .as_array()
         .unwrap_or_else(|| panic!("{addr}: {q}: {text}"))
         .iter()
-        .map(|s| (s["metric"].to_string(), parse(&s["value"][1])))
+        .map(|s| (s["metric"].to_string(), json_point(&s["value"]).1))
         .collect()
 }
