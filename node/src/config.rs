@@ -111,6 +111,30 @@ impl Default for QuerySection {
     }
 }
 
+/// Which sample timestamps the node's router accepts (`[write]` in the file), relative to its
+/// clock: Prometheus' head takes about the last 2 h; Mimir's `past_grace_period` and
+/// `creation_grace_period` are the same two bounds. Raising `accept_past_ms` lets a backfill
+/// (or a benchmark's dataset) of older data in; the engine's own checks (retention, the
+/// out-of-order window behind each series' newest sample) still apply.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteSection {
+    /// Oldest sample accepted, this many milliseconds before now.
+    pub accept_past_ms: u64,
+    /// Furthest-ahead sample accepted, this many milliseconds after now.
+    pub accept_future_ms: u64,
+}
+
+impl Default for WriteSection {
+    fn default() -> Self {
+        let router = strata_router::write::WriterConfig::default();
+        WriteSection {
+            accept_past_ms: router.accept_past_ms.unsigned_abs(),
+            accept_future_ms: router.accept_future_ms.unsigned_abs(),
+        }
+    }
+}
+
 /// One node's configuration (module doc; every field in `docs/configuration.md`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -134,8 +158,13 @@ pub struct NodeConfig {
     /// Whether `X-Scope-OrgID` selects the tenant (else every write goes to `anonymous`).
     pub multi_tenant: bool,
     pub raft: RaftSection,
+    pub write: WriteSection,
     pub query: QuerySection,
 }
+
+/// Bound on `[write]`'s two windows: a year either way is more than any backfill needs, and
+/// keeps `now ± window` far from overflowing.
+pub const WRITE_WINDOW_MAX_MS: u64 = 366 * 24 * 3_600_000;
 
 /// Shards of a new cluster unless configured.
 pub const SHARDS_DEFAULT: u32 = 8;
@@ -157,6 +186,7 @@ impl Default for NodeConfig {
             replication_factor: 3,
             multi_tenant: false,
             raft: RaftSection::default(),
+            write: WriteSection::default(),
             query: QuerySection::default(),
         }
     }
@@ -282,6 +312,16 @@ impl NodeConfig {
             r.propose_timeout_ms > 0,
             "raft.propose_timeout_ms must be > 0"
         );
+        let w = &self.write;
+        for (key, ms) in [
+            ("write.accept_past_ms", w.accept_past_ms),
+            ("write.accept_future_ms", w.accept_future_ms),
+        ] {
+            ensure!(
+                ms <= WRITE_WINDOW_MAX_MS,
+                "{key} = {ms} is over a year ({WRITE_WINDOW_MAX_MS} ms)"
+            );
+        }
         let q = &self.query;
         ensure!(q.timeout_ms > 0, "query.timeout_ms must be > 0");
         ensure!(q.samples_max > 0, "query.samples_max must be > 0");
@@ -357,5 +397,17 @@ mod tests {
             .apply_flags(&BTreeMap::from([("shard".into(), "3".into())]))
             .unwrap_err();
         assert!(e.to_string().contains("unknown flag --shard"), "{e}");
+    }
+
+    #[test]
+    fn the_write_window_is_configurable_and_bounded() {
+        assert_eq!(NodeConfig::default().write.accept_past_ms, 2 * 3_600_000);
+        let mut c = toml::from_str::<NodeConfig>("[write]\naccept_past_ms = 46800000").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.write.accept_past_ms, 13 * 3_600_000);
+        assert_eq!(c.write.accept_future_ms, 10 * 60_000);
+        c.write.accept_future_ms = WRITE_WINDOW_MAX_MS + 1;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("write.accept_future_ms"), "{e}");
     }
 }

@@ -217,7 +217,12 @@ impl NodeServer {
         let writer = Writer::new(
             Arc::clone(&registry),
             router.clone(),
-            WriterConfig::default(),
+            WriterConfig {
+                // C1 bounds both below a year, so they fit an i64.
+                accept_past_ms: i64::try_from(config.write.accept_past_ms)?,
+                accept_future_ms: i64::try_from(config.write.accept_future_ms)?,
+                ..WriterConfig::default()
+            },
             Arc::clone(&env.clock),
         );
         // One write state for both front ends: they share the in-flight bound.
