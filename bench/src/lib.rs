@@ -11,6 +11,8 @@
 //! - [`schedule`]: which (series slice, scrape round) is sent next, so that a series' sample
 //!   `i + 1` is never sent before its sample `i` was acknowledged.
 //! - [`report`]: latency percentiles and the final lines.
+//! - [`tsbs`]: the TSBS devops query types as PromQL (`strata-bench query`), and a summary of
+//!   an answer (series, points, sum) to compare systems by.
 //!
 //! Invariants:
 //! - B1. The same flags and seed give the same requests, byte for byte (timestamps included
@@ -26,3 +28,4 @@ pub mod payload;
 pub mod report;
 pub mod schedule;
 pub mod shape;
+pub mod tsbs;

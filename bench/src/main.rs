@@ -5,6 +5,10 @@
 //! each worker holds one HTTP/1.1 keep-alive connection per URL, builds a request's body just
 //! before sending it, and retries 429, 5xx and connection errors with backoff (honouring
 //! `Retry-After`, as Prometheus does). URLs are used round-robin, one per attempt.
+//!
+//! `strata-bench query` runs the TSBS devops query types ([`strata_bench::tsbs`]) one after
+//! the other against one system's Prometheus HTTP API and reports latency percentiles and
+//! what was answered (series, points, sum) per type.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +21,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::rt::TokioIo;
 use strata_bench::payload::{Slice, compress};
-use strata_bench::report::{Stats, final_lines};
+use strata_bench::report::{Stats, final_lines, percentile};
 use strata_bench::schedule::{Order, Plan, Scheduler, Take, Work};
 use strata_bench::shape::Shape;
+use strata_bench::tsbs::{self, Dataset, Summary};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -58,7 +63,28 @@ samples/s, errors by HTTP status and write latency percentiles; the last line is
   --max-retries N   retries of a request after 429, 5xx or a connection error before it is
                     given up (default 20); backoff 30 ms doubling to 5 s, or Retry-After
   --timeout-ms MS   per-attempt timeout (default 30000)
-  --progress-s S    progress line on stderr every S seconds (default 10; 0: none)";
+  --progress-s S    progress line on stderr every S seconds (default 10; 0: none)
+  --span-max-ms MS  refuse --points x --interval-ms spanning more (default 6600000, 110 min:
+                    Strata's default [write] accept_past_ms is 2 h); raise it together with
+                    the server's window to backfill a longer dataset
+
+       strata-bench query --url BASE --start-ms MS --end-ms MS [--hosts N] [--runs R]
+                          [--seed S] [--types T,T...] [--timeout-ms MS]
+
+Runs TSBS' devops query types as PromQL against the Prometheus HTTP API at BASE (e.g.
+http://127.0.0.1:9090), over a dataset that `strata-bench --shape tsbs-cpu` wrote: N hosts
+(--series N*10), samples from --start-ms to --end-ms. Per type, one warm-up query and then R
+measured ones (each on other random hosts and windows, the same sequence for every system
+given the same seed), one at a time. Prints per type `QUERY type=... runs=... p50_ms=...
+p99_ms=... max_ms=... errors=... series=... points=... sum=...` (series, points and the sum
+of finite values over the measured answers, to compare systems by).
+
+  --hosts N         hosts of the dataset (default 1000)
+  --runs R          measured queries per type (default 10)
+  --types T,T       the types to run (default all: single-groupby-1-1-1,
+                    single-groupby-1-1-12, single-groupby-5-8-1, cpu-max-all-8,
+                    double-groupby-1, double-groupby-all, high-cpu-1, high-cpu-all, lastpoint)
+  --timeout-ms MS   per-query timeout (default 120000)";
 
 /// The one place that reads clocks: a load generator measures real elapsed time and stamps
 /// samples with real time, which is what the workspace's Clock seam exists to keep out of
@@ -80,8 +106,8 @@ mod clock {
     }
 }
 
-/// Oldest first timestamp allowed, relative to the last: Strata refuses samples older than
-/// now - 2 h; 10 minutes are left for the run itself and clock differences.
+/// Default of `--span-max-ms`: Strata refuses samples older than now - 2 h by default; 10
+/// minutes are left for the run itself and clock differences.
 const SPAN_MS_MAX: i64 = 110 * 60 * 1000;
 const BACKOFF_MIN: Duration = Duration::from_millis(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -107,6 +133,7 @@ struct Options {
     max_retries: u32,
     timeout_ms: u64,
     progress_s: u64,
+    span_max_ms: i64,
 }
 
 fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
@@ -127,6 +154,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
         max_retries: 20,
         timeout_ms: 30_000,
         progress_s: 10,
+        span_max_ms: SPAN_MS_MAX,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T> {
         v.parse()
@@ -178,6 +206,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
             "--max-retries" => o.max_retries = num(flag, v)?,
             "--timeout-ms" => o.timeout_ms = positive(flag, v)? as u64,
             "--progress-s" => o.progress_s = num(flag, v)?,
+            "--span-max-ms" => o.span_max_ms = positive(flag, v)? as i64,
             other => bail!("unknown flag {other:?}\n\n{USAGE}"),
         }
     }
@@ -185,14 +214,15 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
         o.urls.push("http://127.0.0.1:7101/api/v1/write".into());
     }
     let span_ms = (o.points as i64 - 1).saturating_mul(o.interval_ms);
-    if span_ms > SPAN_MS_MAX {
+    if span_ms > o.span_max_ms {
         bail!(
-            "--points {} x --interval-ms {} spans {} min; keep it within {} min (Strata \
-             refuses samples older than now - 2 h): fewer points or a shorter interval",
+            "--points {} x --interval-ms {} spans {} min; keep it within --span-max-ms ({} \
+             min; Strata refuses samples older than its [write] accept_past_ms, 2 h by \
+             default): fewer points, a shorter interval, or a larger --span-max-ms",
             o.points,
             o.interval_ms,
             span_ms / 60_000,
-            SPAN_MS_MAX / 60_000
+            o.span_max_ms / 60_000
         );
     }
     Ok(Some(o))
@@ -482,8 +512,185 @@ async fn progress(shared: Arc<Shared>, every_s: u64, started: std::time::Instant
     }
 }
 
+struct QueryOptions {
+    url: String,
+    data: Dataset,
+    runs: u64,
+    seed: u64,
+    types: Vec<String>,
+    timeout_ms: u64,
+}
+
+fn parse_query_args(args: &[String]) -> anyhow::Result<Option<QueryOptions>> {
+    let mut o = QueryOptions {
+        url: String::new(),
+        data: Dataset {
+            hosts: 1000,
+            start_ms: i64::MIN,
+            end_ms: i64::MIN,
+        },
+        runs: 10,
+        seed: 1,
+        types: tsbs::TYPES.iter().map(|t| t.to_string()).collect(),
+        timeout_ms: 120_000,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        let v = rest
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value\n\n{USAGE}"))?
+            .as_str();
+        let num = |v: &str| -> anyhow::Result<i64> {
+            v.parse()
+                .map_err(|_| anyhow!("{flag} needs a number, got {v:?}\n\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--url" => o.url = v.trim_end_matches('/').to_string(),
+            "--start-ms" => o.data.start_ms = num(v)?,
+            "--end-ms" => o.data.end_ms = num(v)?,
+            "--hosts" => o.data.hosts = num(v)?.max(1) as usize,
+            "--runs" => o.runs = num(v)?.max(1) as u64,
+            "--seed" => o.seed = num(v)? as u64,
+            "--timeout-ms" => o.timeout_ms = num(v)?.max(1) as u64,
+            "--types" => {
+                o.types = v.split(',').map(|t| t.trim().to_string()).collect();
+                if let Some(bad) = o.types.iter().find(|t| !tsbs::TYPES.contains(&t.as_str())) {
+                    bail!(
+                        "--types: unknown type {bad:?}; known: {}",
+                        tsbs::TYPES.join(", ")
+                    );
+                }
+            }
+            other => bail!("unknown flag {other:?}\n\n{USAGE}"),
+        }
+    }
+    if o.url.is_empty() || o.data.start_ms == i64::MIN || o.data.end_ms == i64::MIN {
+        bail!("query needs --url, --start-ms and --end-ms\n\n{USAGE}");
+    }
+    if o.data.end_ms <= o.data.start_ms {
+        bail!("--end-ms must be after --start-ms");
+    }
+    Ok(Some(o))
+}
+
+/// POSTs a form to `path` of `target` on the kept-alive `conn` (reconnecting when closed) and
+/// returns the whole answer body of a 2xx; anything else is an error with the status and body.
+async fn post_form(
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    target: &Target,
+    path: &str,
+    form: String,
+) -> anyhow::Result<Bytes> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = Some(connect(target).await?);
+    }
+    let sender = conn.as_mut().expect("connected above");
+    sender.ready().await?;
+    let req = Request::post(path)
+        .header(header::HOST, &target.authority)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::USER_AGENT, "strata-bench")
+        .body(Full::new(Bytes::from(form)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_BYTES_MAX)]).trim()
+        );
+    }
+    Ok(body)
+}
+
+/// `strata-bench query`: see the usage text.
+async fn run_queries(o: QueryOptions) -> anyhow::Result<()> {
+    let target = Target::parse(&o.url)?;
+    let timeout = Duration::from_millis(o.timeout_ms);
+    let mut conn = None;
+    let mut failed_types = 0;
+    for name in &o.types {
+        let mut latencies_us = Vec::new();
+        let mut answered = Summary::default();
+        let mut errors = 0;
+        // Run 0 warms caches (the page cache, a lazily loaded index) and is not counted.
+        for run in 0..=o.runs {
+            let q = tsbs::query(name, o.seed, run, o.data).expect("types were checked");
+            let (path, form) = q.request();
+            let started = clock::now();
+            let outcome = match tokio::time::timeout(
+                timeout,
+                post_form(&mut conn, &target, path, form),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    conn = None;
+                    Err(anyhow!("timed out after {timeout:?}"))
+                }
+            };
+            let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            match outcome.and_then(|body| tsbs::summarize(&body)) {
+                Ok(s) if run > 0 => {
+                    latencies_us.push(us);
+                    answered.add(s);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    conn = None;
+                    errors += 1;
+                    if errors <= ERROR_BODIES_PRINTED_MAX {
+                        eprintln!("strata-bench: {name} run {run} ({}): {e:#}", q.promql);
+                    }
+                }
+            }
+        }
+        latencies_us.sort_unstable();
+        let ms = |p: f64| {
+            if latencies_us.is_empty() {
+                f64::NAN
+            } else {
+                f64::from(percentile(&latencies_us, p)) / 1000.0
+            }
+        };
+        println!(
+            "QUERY type={name} runs={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={errors} \
+             series={} points={} sum={:.6e}",
+            latencies_us.len(),
+            ms(0.5),
+            ms(0.99),
+            ms(1.0),
+            answered.series,
+            answered.points,
+            answered.sum,
+        );
+        if errors > 0 {
+            failed_types += 1;
+        }
+    }
+    if failed_types > 0 {
+        bail!("{failed_types} query type(s) had errors");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("query") {
+        let Some(opts) = parse_query_args(&args[1..])? else {
+            return Ok(());
+        };
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("start the tokio runtime")?
+            .block_on(run_queries(opts));
+    }
     let Some(opts) = parse_args(&args)? else {
         return Ok(());
     };
