@@ -315,6 +315,7 @@ impl<'a> Evaluator<'a> {
             "time" => Ok(Value::Scalar(
                 grid.steps().map(|t| t as f64 / 1e3).collect(),
             )),
+            "pi" => Ok(Value::Scalar(vec![std::f64::consts::PI; grid.len()])),
             "vector" => {
                 let s = self.scalar_arg(name, &args, 0, grid).await?;
                 vector(vec![(Labels::default(), s.into_iter().map(Some).collect())])
@@ -846,6 +847,14 @@ impl<'a> Evaluator<'a> {
                 let args: Vec<&Expr> = call.args.args.iter().map(|a| a.as_ref()).collect();
                 match self.range_function(call.func.name, &args, grid).await? {
                     Some((func, matrix)) => match unparen(matrix) {
+                        // A function that drops the metric name over series of several names
+                        // may make two series alike, an error the shards cannot see: such an
+                        // argument is evaluated here (`call` checks) and aggregated after.
+                        Expr::MatrixSelector(ms)
+                            if rangefn::drops_metric_name(func) && !one_metric_name(&ms.vs) =>
+                        {
+                            None
+                        }
                         Expr::MatrixSelector(ms) => Some(Pushdown {
                             selector: &ms.vs,
                             range: Some(RangeSpec {
@@ -1198,18 +1207,23 @@ fn result_labels(
 /// `absent`: 1 where no input series has a value, labelled with the selector's equality
 /// matchers (other than the metric name), as Prometheus does.
 fn absent(input: &[Series], selector: Option<&VectorSelector>, n: usize) -> Value {
+    // As Prometheus: the labels of the selector's `=` matchers, except a name that another
+    // matcher (of any kind, a second `=` too) also constrains.
     let mut labels: Vec<Label> = Vec::new();
+    let mut dropped: Vec<&str> = Vec::new();
     if let Some(vs) = selector {
         for m in &vs.matchers.matchers {
-            if matches!(m.op, ParsedOp::Equal)
-                && m.name != METRIC_NAME_LABEL
-                && !labels.iter().any(|l| l.name == m.name)
-            {
+            if m.name == METRIC_NAME_LABEL {
+                continue;
+            }
+            if matches!(m.op, ParsedOp::Equal) && !labels.iter().any(|l| l.name == m.name) {
                 labels.push(Label::new(m.name.clone(), m.value.clone()));
+            } else {
+                dropped.push(&m.name);
             }
         }
     }
-    labels.retain(|l| !l.value.is_empty());
+    labels.retain(|l| !l.value.is_empty() && !dropped.contains(&l.name.as_str()));
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     let points: Vec<Option<f64>> = (0..n)
         .map(|i| (!input.iter().any(|s| s.points[i].is_some())).then_some(1.0))
@@ -1308,6 +1322,17 @@ fn matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError> {
         ));
     }
     Ok(out)
+}
+
+/// Whether every series `vs` selects has one and the same metric name (a name, or an `=`
+/// matcher on `__name__`).
+fn one_metric_name(vs: &VectorSelector) -> bool {
+    vs.name.is_some()
+        || vs
+            .matchers
+            .matchers
+            .iter()
+            .any(|m| m.name == METRIC_NAME_LABEL && matches!(m.op, ParsedOp::Equal))
 }
 
 fn millis(ms: u128) -> Result<i64, QueryError> {

@@ -222,6 +222,14 @@ fn selectors_functions_and_aggregations_answer_as_prometheus() {
         &[(&[("instance", "b"), ("job", "api")], 1.0)],
     );
     assert_values(r#"absent(nothing{job="x"})"#, t, &[(&[("job", "x")], 1.0)]);
+    // A label another matcher also constrains (a second `=`, or any other kind) is left out.
+    assert_values(
+        r#"absent(nothing{job="x", job="y", a="b"})"#,
+        t,
+        &[(&[("a", "b")], 1.0)],
+    );
+    assert_values(r#"absent(nothing{job=~"x.*", job="x"})"#, t, &[(&[], 1.0)]);
+    assert_values("vector(pi())", t, &[(&[], std::f64::consts::PI)]);
     assert_values("vector(time())", t, &[(&[], t as f64 / 1e3)]);
     assert_values(
         r#"label_replace(cpu{instance="a"}, "host", "h-$1", "instance", "(.*)")"#,
@@ -331,4 +339,17 @@ fn bad_queries_say_what_is_wrong() {
         collide.contains("same labelset {instance=\"a\"}"),
         "{collide}"
     );
+    // So does a range function, also under an aggregation the shards would otherwise compute
+    // (Prometheus refuses the argument before aggregating it).
+    for q in [
+        r#"count_over_time({__name__=~"cpu|mem", instance="a"}[1m])"#,
+        r#"sum(count_over_time({__name__=~"cpu|mem", instance="a"}[1m]))"#,
+        r#"max by (instance) (rate({__name__=~"cpu|mem"}[1m]))"#,
+    ] {
+        let collide = err(q);
+        assert!(collide.contains("same labelset"), "{q}: {collide}");
+    }
+    // `last_over_time` keeps the name, and one name cannot collide: both still aggregate.
+    assert!(run(r#"sum(last_over_time({__name__=~"cpu|mem"}[1m]))"#, t, 2).is_ok());
+    assert!(run(r#"sum(rate({__name__="cpu"}[1m]))"#, t, 2).is_ok());
 }
