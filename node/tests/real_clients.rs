@@ -16,11 +16,8 @@
 //! (`.ci/run` installs both packages), where it fails.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::time::Duration;
 
 use strata_node::cluster::Cluster;
@@ -29,184 +26,18 @@ use strata_raft::types::{META_GROUP, NodeId};
 use strata_shard::matcher::{MatchOp, Matcher};
 use strata_shard::series::is_stale_marker;
 use strata_shard::{Clock, Labels, SeriesKey, SystemClock, Tenant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 use common::TempDir;
+use common::prom::{
+    ClientProcess, assert_same_instant, assert_same_range, client_binary, free_port, http,
+    json_point, url_encode,
+};
 
 /// How long the stored samples may take to match what a client sent.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client process may take to answer its readiness endpoint.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on one HTTP exchange with a client process.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two polls.
 const POLL_PAUSE: Duration = Duration::from_millis(250);
-
-/// A child process that is killed and reaped when dropped, also when the test panics (then
-/// the tail of its log goes to stderr, to explain the failure).
-struct ClientProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ClientProcess {
-    fn spawn(name: &'static str, binary: &Path, args: &[String], log: PathBuf) -> ClientProcess {
-        let out = File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        ClientProcess { name, child, log }
-    }
-
-    /// The last `bytes` of the process' output.
-    fn log_tail(&self, bytes: u64) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            let len = f.metadata().map_or(0, |m| m.len());
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(bytes)));
-            let mut raw = Vec::new();
-            let _ = f.read_to_end(&mut raw);
-            text = String::from_utf8_lossy(&raw).into_owned();
-        }
-        text
-    }
-
-    /// Panics (with its log) if the process has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "{} exited early ({status}); its output ends with:\n{}",
-                self.name,
-                self.log_tail(4096)
-            );
-        }
-    }
-
-    /// Polls `GET path` until it answers 200, bounded by [`START_TIMEOUT`].
-    async fn wait_ready(&mut self, addr: SocketAddr, path: &str) {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            self.assert_running();
-            if let Ok((200, _)) = http(addr, "GET", path, &[]).await {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} does not answer GET {path} on {addr} after {START_TIMEOUT:?}; output:\n{}",
-                self.name,
-                self.log_tail(4096)
-            );
-            tokio::time::sleep(POLL_PAUSE).await;
-        }
-    }
-}
-
-impl Drop for ClientProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last output of {} ({}):\n{}\n----",
-                self.name,
-                self.log.display(),
-                self.log_tail(8192)
-            );
-        }
-    }
-}
-
-/// `name` on `PATH`, or `None` after a loud skip notice; with `CI=true` a missing binary fails
-/// the test instead, since `.ci/run` installs both packages.
-fn client_binary(name: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "`{name}` is not on PATH (CI=true): .ci/run should have installed prometheus \
-                 and victoria-metrics"
-            );
-        }
-        // Straight to the stderr handle, in one write: the test harness captures `eprintln!`
-        // of passing tests, and a skip must be seen.
-        let notice = format!(
-            "\n################################################################\n\
-             SKIPPED: `{name}` is not on PATH (Debian package `{package}`);\n\
-             this compatibility test did not run. `apt-get install {package}` to run it.\n\
-             ################################################################\n"
-        );
-        let _ = std::io::stderr().lock().write_all(notice.as_bytes());
-    }
-    found
-}
-
-/// A loopback port that was free a moment ago (the client binds it itself).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.0 exchange (so Go's server answers without chunked encoding and closes the
-/// connection); returns the status and the body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, Vec<u8>)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let head = format!(
-            "{method} {target} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(body).await?;
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).await?;
-        let split = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| anyhow::anyhow!("no end of headers in the reply"))?;
-        let status = std::str::from_utf8(&reply[..split])?
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no status in the reply"))?;
-        Ok((status, reply[split + 4..].to_vec()))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("{method} {target} on {addr}: no answer in {HTTP_TIMEOUT:?}")
-        })?
-}
-
-/// Percent-encoding of a query-string value.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// A value as compared: its bit pattern, except that every NaN other than the stale marker
 /// counts as one (Go's `math.NaN()` and Rust's `f64::NAN` differ in payload, and the text and
@@ -659,52 +490,18 @@ async fn prometheus_remote_write_stores_every_scraped_sample() {
     let t_ms = (at_ms - 2_000).div_euclid(1000) * 1000 + (phase + 500) % 1000;
     let mut compared = 0;
     for q in DIFFERENTIAL_QUERIES {
-        let want = instant_answer(prom, q, t_ms).await;
-        let got = instant_answer(http_addrs[&(1 + compared as NodeId % 3)], q, t_ms).await;
-        assert_eq!(
-            want.keys().collect::<Vec<_>>(),
-            got.keys().collect::<Vec<_>>(),
-            "{q} at {t_ms}: label sets differ"
-        );
-        for (labels, w) in &want {
-            let g = got[labels];
-            let close = (w.is_nan() && g.is_nan())
-                || w == &g
-                || (w - g).abs() <= 1e-9 * w.abs().max(g.abs());
-            assert!(
-                close,
-                "{q} at {t_ms}: {labels} is {g} in Strata, {w} in Prometheus"
-            );
-        }
+        let strata = http_addrs[&(1 + compared as NodeId % 3)];
+        let answered = assert_same_instant(prom, strata, q, t_ms, false).await;
         assert!(
-            !want.is_empty(),
+            answered > 0,
             "{q}: Prometheus answered nothing, so this compares nothing"
         );
         compared += 1;
     }
     for q in DIFFERENTIAL_RANGE_QUERIES {
-        let (start, end) = (t_ms - 6_000, t_ms);
-        let want = range_answer(prom, q, start, end).await;
-        let got = range_answer(http_addrs[&(1 + compared as NodeId % 3)], q, start, end).await;
-        assert_eq!(
-            want.keys().collect::<Vec<_>>(),
-            got.keys().collect::<Vec<_>>(),
-            "{q} over [{start}, {end}]: series differ"
-        );
-        for (labels, w) in &want {
-            let g = &got[labels];
-            let close = w.len() == g.len()
-                && w.iter().zip(g).all(|((tw, w), (tg, g))| {
-                    tw == tg
-                        && ((w.is_nan() && g.is_nan())
-                            || (w - g).abs() <= 1e-9 * w.abs().max(g.abs()))
-                });
-            assert!(
-                close,
-                "{q}: {labels} is {g:?} in Strata, {w:?} in Prometheus"
-            );
-        }
-        assert!(!want.is_empty(), "{q}: Prometheus answered nothing");
+        let strata = http_addrs[&(1 + compared as NodeId % 3)];
+        let answered = assert_same_range(prom, strata, q, (t_ms - 6_000, t_ms, 2_000)).await;
+        assert!(answered > 0, "{q}: Prometheus answered nothing");
         compared += 1;
     }
     eprintln!("PromQL: {compared} queries answered alike by Prometheus and Strata at {t_ms}");
@@ -885,74 +682,3 @@ const DIFFERENTIAL_RANGE_QUERIES: &[&str] = &[
     "avg_over_time(go_goroutines[10s:2s])",
     "time()",
 ];
-
-/// A `[seconds, "value"]` pair of Prometheus' JSON: milliseconds and the value, parsed from
-/// Go's shortest round-trip decimal (or NaN / +Inf / -Inf), so it gives back the exact bits.
-fn json_point(pair: &serde_json::Value) -> (i64, f64) {
-    let ts = (pair[0].as_f64().unwrap() * 1000.0).round() as i64;
-    let v = match pair[1].as_str().unwrap() {
-        "NaN" => f64::NAN,
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse::<f64>().unwrap(),
-    };
-    (ts, v)
-}
-
-/// A range query's answer over `[start, end]` in steps of 2 s: labels → (ms, value) points.
-async fn range_answer(
-    addr: SocketAddr,
-    q: &str,
-    start: i64,
-    end: i64,
-) -> BTreeMap<String, Vec<(i64, f64)>> {
-    let secs = |ms: i64| format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000));
-    let target = format!(
-        "/api/v1/query_range?query={}&start={}&end={}&step=2",
-        url_encode(q),
-        secs(start),
-        secs(end)
-    );
-    let (status, body) = http(addr, "GET", &target, &[]).await.unwrap();
-    let text = String::from_utf8_lossy(&body);
-    assert_eq!(status, 200, "{addr} answered {q} with {text}");
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    answer["data"]["result"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{addr}: {q}: {text}"))
-        .iter()
-        .map(|s| {
-            let points = s["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(json_point)
-                .collect();
-            (s["metric"].to_string(), points)
-        })
-        .collect()
-}
-
-/// An instant query's answer: labels → value (a scalar as the empty label set).
-async fn instant_answer(addr: SocketAddr, q: &str, t_ms: i64) -> BTreeMap<String, f64> {
-    let target = format!(
-        "/api/v1/query?query={}&time={}.{:03}",
-        url_encode(q),
-        t_ms.div_euclid(1000),
-        t_ms.rem_euclid(1000)
-    );
-    let (status, body) = http(addr, "GET", &target, &[]).await.unwrap();
-    let text = String::from_utf8_lossy(&body);
-    assert_eq!(status, 200, "{addr} answered {q} with {text}");
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let data = &answer["data"];
-    if data["resultType"] == "scalar" {
-        return BTreeMap::from([("{}".to_string(), json_point(&data["result"]).1)]);
-    }
-    data["result"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{addr}: {q}: {text}"))
-        .iter()
-        .map(|s| (s["metric"].to_string(), json_point(&s["value"]).1))
-        .collect()
-}

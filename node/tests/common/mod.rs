@@ -10,6 +10,8 @@ use prost::Message;
 use strata_proto::prometheus as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod prom;
+
 /// A directory under the system temp dir, unique per test name and process, created empty
 /// and removed on drop.
 pub struct TempDir(pub PathBuf);
