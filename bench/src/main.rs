@@ -21,7 +21,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode, Uri, header};
 use hyper_util::rt::TokioIo;
 use strata_bench::payload::{Slice, compress};
-use strata_bench::report::{Stats, final_lines, percentile};
+use strata_bench::report::{Stats, final_lines, percentile_ms};
 use strata_bench::schedule::{Order, Plan, Scheduler, Take, Work};
 use strata_bench::shape::Shape;
 use strata_bench::tsbs::{self, Dataset, Summary};
@@ -651,20 +651,14 @@ async fn run_queries(o: QueryOptions) -> anyhow::Result<()> {
             }
         }
         latencies_us.sort_unstable();
-        let ms = |p: f64| {
-            if latencies_us.is_empty() {
-                f64::NAN
-            } else {
-                f64::from(percentile(&latencies_us, p)) / 1000.0
-            }
-        };
+        let ms = |p: f64| percentile_ms(&latencies_us, p);
         println!(
             "QUERY type={name} runs={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={errors} \
              series={} points={} sum={:.6e}",
             latencies_us.len(),
-            ms(0.5),
-            ms(0.99),
-            ms(1.0),
+            ms(50.0),
+            ms(99.0),
+            ms(100.0),
             answered.series,
             answered.points,
             answered.sum,

@@ -67,6 +67,14 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// [`percentile`] of sorted microseconds, in milliseconds; NaN when there are none.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    f64::from(percentile(sorted_us, p)) / 1000.0
+}
+
 /// The human line and the `RESULT` line of a run that took `secs` seconds.
 pub fn final_lines(stats: &mut Stats, secs: f64) -> (String, String) {
     stats.latencies_us.sort_unstable();
@@ -124,6 +132,10 @@ mod tests {
         assert_eq!(percentile(&v, 0.0), 1);
         assert_eq!(percentile(&[7], 90.0), 7);
         assert_eq!(percentile(&[], 50.0), 0);
+        let us = [1_000, 2_000, 3_000, 4_000, 50_000];
+        assert_eq!(percentile_ms(&us, 50.0), 3.0);
+        assert_eq!(percentile_ms(&us, 99.0), 50.0);
+        assert!(percentile_ms(&[], 50.0).is_nan());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! shard the ring names on every replica, whichever node the write enters; a shard whose
 //! leader dies is retried on the new leader; a shard without quorum fails only its own samples.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,4 +276,27 @@ async fn samples_outside_the_accepted_window_are_refused_by_name_and_the_rest_wr
         "{first}"
     );
     assert!(report.outside_window_errors[1].contains("newer"));
+}
+
+/// The ring history a writer routes reads by is cached between calls, and a new epoch is seen
+/// by the next call (a stale cache would leave the new shards out of every query).
+#[tokio::test(start_paused = true)]
+async fn reads_route_by_a_new_ring_epoch_as_soon_as_it_is_applied() {
+    let c = Cluster::bootstrap().await;
+    let w = c.writer(1);
+    let old: BTreeSet<ShardId> = (0..SHARDS).map(ShardId).collect();
+    assert_eq!(w.shards_for_query(0, 20_000).await.unwrap(), old);
+    assert_eq!(w.shards_for_query(0, 20_000).await.unwrap(), old, "cached");
+    c.propose(
+        META_GROUP,
+        Command::Meta(MetaCommand::SetRing {
+            shards: 2 * SHARDS,
+            vnodes_per_shard: VNODES,
+            now_ms: 5_000,
+        }),
+    )
+    .await;
+    c.settle().await;
+    let both: BTreeSet<ShardId> = (0..2 * SHARDS).map(ShardId).collect();
+    assert_eq!(w.shards_for_query(0, 20_000).await.unwrap(), both);
 }
