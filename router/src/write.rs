@@ -168,6 +168,9 @@ impl WriteReport {
     }
 }
 
+/// The first and the last epoch of a ring history.
+type EpochBounds = (u64, u64);
+
 /// The write path of one node.
 pub struct Writer<T: Transport + Forwarder> {
     registry: Arc<Registry<T>>,
@@ -180,7 +183,7 @@ pub struct Writer<T: Transport + Forwarder> {
     /// last epoch (M7 of `strata_raft::meta`: epochs only ever append, so equal bounds mean an
     /// equal history). Rebuilding it hashes every virtual node of every epoch: a fifth of the
     /// CPU of a small query when it was done per query.
-    ring_set: Mutex<Option<((u64, u64), Arc<RingSet>)>>,
+    ring_set: Mutex<Option<(EpochBounds, Arc<RingSet>)>>,
 }
 
 impl<T: Transport + Forwarder> Writer<T> {
