@@ -603,6 +603,10 @@ impl<'a> Evaluator<'a> {
             end_ms: egrid.end_ms,
             step_ms,
         };
+        if inner.start_ms > inner.end_ms {
+            // No multiple of the step in any window (a range shorter than the step): nothing.
+            return Ok(Vec::new());
+        }
         let Value::Vector(series) = self.eval(&sq.expr, inner).await? else {
             return fail("a subquery needs an instant vector expression");
         };

@@ -230,6 +230,10 @@ fn selectors_functions_and_aggregations_answer_as_prometheus() {
     );
     assert_values(r#"absent(nothing{job=~"x.*", job="x"})"#, t, &[(&[], 1.0)]);
     assert_values("vector(pi())", t, &[(&[], std::f64::consts::PI)]);
+    // A subquery range shorter than its step: a window may hold no step (nothing), or one.
+    let q = r#"max_over_time(cpu{instance="a"}[30s:1m])"#;
+    assert_values(q, 10 * MIN + 45_000, &[]);
+    assert_values(q, 10 * MIN + 15_000, &[(&[("instance", "a")], 0.5)]);
     assert_values("vector(time())", t, &[(&[], t as f64 / 1e3)]);
     assert_values(
         r#"label_replace(cpu{instance="a"}, "host", "h-$1", "instance", "(.*)")"#,
