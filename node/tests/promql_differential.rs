@@ -458,6 +458,39 @@ const INSTANT_QUERIES: &[&str] = &[
     "histogram_quantile(0.8, sum by (le, instance) (rate(http_request_duration_seconds_bucket[3m])))",
     "increase(http_request_duration_seconds_bucket[3m])",
     "rate(http_request_duration_seconds_sum[5m]) / rate(http_request_duration_seconds_count[5m])",
+    "rate(requests_total[15s])",
+    "deriv(temperature_celsius[15s])",
+    "predict_linear(queue_length[15s], 30)",
+    "irate(requests_total[15s])",
+    "increase(requests_total[15s])",
+    "rate(requests_total[30m])",
+    "increase(cpu_seconds_total[1h])",
+    "quantile_over_time(0.5, batch_duration_seconds[10m])",
+    "changes(replication_lag_seconds[10m])",
+    "resets(replication_lag_seconds[10m])",
+    "rate(replication_lag_seconds[10m])",
+    "absent_over_time(batch_duration_seconds{job=\"batch\"}[30s])",
+    "avg_over_time(memory_bytes[10m])",
+    "sum_over_time(requests_total[10m])",
+    "stddev_over_time(memory_bytes[10m])",
+    "max_over_time(queue_length[30s:1m])",
+    "temperature_celsius @ AT offset 1m",
+    "stddev(temperature_celsius{instance=\"cache.local:6379\"})",
+    "topk(2, temperature_celsius) by (job)",
+    "count by (__name__) ({job=\"api\"})",
+    "sum by (__name__, job) ({__name__=~\"queue_length|memory_bytes\"})",
+    "queue_length > bool on(instance, job) temperature_celsius",
+    "queue_length and on() count(build_info) > 3",
+    "queue_length or on(job) temperature_celsius{job=\"batch\"}",
+    "-2 ^ 2 + queue_length",
+    "queue_length offset 1m and queue_length",
+    "label_join(queue_length, \"x\", \"-\", \"job\", \"job\", \"nolabel\")",
+    "scalar(queue_length{instance=\"cache.local:6379\"}) - time()",
+    "time() - queue_length",
+    "count_values by (job) (\"job\", queue_length)",
+    "sort_desc(count_values(\"v\", queue_length))",
+    "sum without () (queue_length)",
+    "count(queue_length) without (instance)",
     // Aggregations.
     "sum(requests_total)",
     "sum by (job) (rate(requests_total[5m]))",
@@ -602,6 +635,11 @@ const RANGE_QUERIES: &[&str] = &[
     "max_over_time(temperature_celsius[1m] offset -1m)",
     "rate(requests_total[2m] @ end())",
     "temperature_celsius @ start()",
+    "rate(requests_total[15s])",
+    "changes(replication_lag_seconds[10m])",
+    "max_over_time(queue_length[30s:1m])",
+    "count by (__name__) ({job=\"api\"})",
+    "queue_length offset 1m and queue_length",
 ];
 
 /// `AT` in a query: the given instant, in seconds.
@@ -668,7 +706,13 @@ async fn strata_answers_promql_like_prometheus() {
         at(29 * 60_000 + 57_500),
     ];
     let at_ms = at(12 * 60_000 + 500);
-    let range = (at(5 * 60_000 + 500), at(29 * 60_000 + 57_500), 37_000);
+    // Range queries: over most of the data; across its start; across the staleness marker
+    // with a step shorter than the data's.
+    let ranges = [
+        (at(5 * 60_000 + 500), at(29 * 60_000 + 57_500), 37_000),
+        (at(-60_000 + 500), at(3 * 60_000 + 500), 11_000),
+        (at(19 * 60_000 + 500), at(21 * 60_000 + 30_500), 7_000),
+    ];
 
     // Every node of the cluster answers over all the data written, as Prometheus does (per
     // metric name: `count_over_time` drops the name, and series of two names could then be
@@ -767,7 +811,10 @@ async fn strata_answers_promql_like_prometheus() {
     for (i, q) in RANGE_QUERIES.iter().enumerate() {
         let q = with_at(q, at_ms);
         let check = async {
-            let answered = assert_same_range(prom, strata(i), &q, range).await;
+            let mut answered = 0;
+            for &range in &ranges {
+                answered += assert_same_range(prom, strata(i), &q, range).await;
+            }
             assert!(answered > 0, "{q}: Prometheus answered nothing");
             answered
         };
@@ -788,10 +835,11 @@ async fn strata_answers_promql_like_prometheus() {
         ("range", RANGE_QUERIES.len()),
     ]);
     eprintln!(
-        "PromQL differential: {compared:?} queries ({} instants each) answered alike by \
+        "PromQL differential: {compared:?} queries ({} instants, {} ranges each) answered alike by \
          Prometheus and Strata over {} series, {samples} samples ({series_compared} answer \
          series compared)",
         instants.len(),
+        ranges.len(),
         data.len()
     );
 
