@@ -842,6 +842,26 @@ impl Engine {
         Ok(out)
     }
 
+    /// The newest raw sample of series `r` with `min_ts <= ts <= max_ts`, if any, as
+    /// [`Self::samples_of`] would end with. When the head's last sample is the series' newest
+    /// (out-of-order samples are older, frozen chunks and blocks hold older ones), it is
+    /// taken without decoding anything: "the latest value of every series" reads no chunk.
+    fn newest_sample_of(&self, r: SeriesRef, min_ts: i64, max_ts: i64) -> Result<Vec<Sample>> {
+        let series = self.series[r as usize].as_ref().expect("ref is live");
+        if let Some(last) = series.head.last()
+            && last.ts_ms == series.max_ts
+            && last.ts_ms <= max_ts
+        {
+            return Ok(if last.ts_ms >= min_ts {
+                vec![last]
+            } else {
+                Vec::new()
+            });
+        }
+        let mut samples = self.samples_of(r, min_ts, max_ts)?;
+        Ok(samples.pop().into_iter().collect())
+    }
+
     /// All raw samples of a series with `min_ts <= ts <= max_ts`, sorted, one per timestamp.
     pub fn read_series(&self, key: &SeriesKey, min_ts: i64, max_ts: i64) -> Result<Vec<Sample>> {
         match self.find_ref(key) {
@@ -1005,6 +1025,11 @@ impl Engine {
                         }
                     }
                     values
+                }
+                // One instant, no range function: the selector keeps only the newest sample
+                // of its lookback window.
+                (_, None) if q.grid.len() == 1 => {
+                    self.newest_sample_of(r, q.window_start_ms().saturating_add(1), grid_end)?
                 }
                 _ => self.samples_of(r, q.window_start_ms().saturating_add(1), grid_end)?,
             };

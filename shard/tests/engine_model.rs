@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+
 use strata_shard::engine::{Engine, EngineConfig};
+use strata_shard::matcher::{MatchOp, Matcher};
+use strata_shard::query::{PartialQuery, TimeGrid};
 use strata_shard::rollup::window_end;
 use strata_shard::rollup::{self, Tier};
 use strata_shard::sim_fs::SimFs;
@@ -135,6 +138,7 @@ fn check(engine: &Engine, model: &Model) -> Result<(), TestCaseError> {
             .read_series(&key(series), i64::MIN, i64::MAX)
             .unwrap();
         prop_assert_eq!(&got, &want, "raw samples of series {}", series);
+        check_instants(engine, series, &want)?;
         // Rollups must match rollups of the model's raw data where raw data still exists.
         let raw_floor = model.raw_dropped_until.unwrap_or(i64::MIN);
         for tier in Tier::ROLLUPS {
@@ -164,6 +168,55 @@ fn check(engine: &Engine, model: &Model) -> Result<(), TestCaseError> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Instant selections of one series (what the shard answers from the head's last sample when
+/// it can, else by decoding) at instants around its samples: the newest sample in the lookback
+/// window `(t - 5 min, t]`, nothing when that is a stale marker or there is none.
+fn check_instants(engine: &Engine, series: usize, samples: &[Sample]) -> Result<(), TestCaseError> {
+    const LOOKBACK: i64 = 5 * 60_000;
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Ok(());
+    };
+    let middle = samples[samples.len() / 2].ts_ms;
+    let instants = [
+        first.ts_ms - 1,
+        first.ts_ms,
+        middle,
+        middle + 1,
+        last.ts_ms - 1,
+        last.ts_ms,
+        last.ts_ms + 1,
+        last.ts_ms + LOOKBACK - 1,
+        last.ts_ms + LOOKBACK,
+    ];
+    for t in instants {
+        let q = PartialQuery {
+            tenant: Tenant::new("t").unwrap(),
+            matchers: vec![Matcher::new(MatchOp::Equal, "s", &series.to_string()).unwrap()],
+            grid: TimeGrid::instant(t),
+            lookback_ms: LOOKBACK,
+            range: None,
+            aggregation: None,
+        };
+        let got: Vec<u64> = engine
+            .query(&q)
+            .unwrap()
+            .finalize()
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.value.to_bits()))
+            .collect();
+        let want: Vec<u64> = samples
+            .iter()
+            .rev()
+            .find(|s| s.ts_ms <= t && s.ts_ms > t - LOOKBACK)
+            .map(|s| s.value.to_bits())
+            .filter(|bits| *bits != STALE_NAN_BITS)
+            .into_iter()
+            .collect();
+        prop_assert_eq!(got, want, "instant selection of series {} at {}", series, t);
     }
     Ok(())
 }
