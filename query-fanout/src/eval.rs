@@ -231,6 +231,16 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Vec<Series>, QueryError> {
         let vs = push.selector;
         let (qgrid, broadcast) = self.shifted(&vs.offset, &vs.at, grid)?;
+        // The shards see a grid that ends on its last instant: the instants are the same, and
+        // nothing after the last one is read (a one-instant grid whose end lies beyond its
+        // start made a shard take the newest sample up to the end, after the instant).
+        let qgrid = match qgrid.len() {
+            0 => qgrid,
+            n => TimeGrid {
+                end_ms: qgrid.start_ms + (n as i64 - 1) * qgrid.step_ms,
+                ..qgrid
+            },
+        };
         let query = PartialQuery {
             tenant: self.options.tenant.clone(),
             matchers: matchers(vs)?,

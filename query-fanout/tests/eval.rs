@@ -2,9 +2,11 @@
 //! the same answers from 1 and 16 shards (Q1), and clear errors (Q3).
 
 use futures::executor::block_on;
+use futures::future::BoxFuture;
 use strata_query_fanout::TimeGrid;
 use strata_query_fanout::eval::{QueryError, QueryOptions, Series, Value, query};
-use strata_query_fanout::source::MemorySource;
+use strata_query_fanout::source::{Answer, MemorySource, Source, SourceError};
+use strata_shard::query::PartialQuery;
 use strata_shard::series::{Label, Labels, STALE_NAN_BITS, Sample, Tenant};
 
 const S: i64 = 1000;
@@ -356,4 +358,60 @@ fn bad_queries_say_what_is_wrong() {
     // `last_over_time` keeps the name, and one name cannot collide: both still aggregate.
     assert!(run(r#"sum(last_over_time({__name__=~"cpu|mem"}[1m]))"#, t, 2).is_ok());
     assert!(run(r#"sum(rate({__name__="cpu"}[1m]))"#, t, 2).is_ok());
+}
+
+/// A source that checks that every grid it is asked for ends on its last instant (a shard
+/// answering a one-instant grid may read up to the grid's end), then answers from memory.
+struct GridChecking(MemorySource);
+
+impl Source for GridChecking {
+    fn select(&self, query: PartialQuery) -> BoxFuture<'_, Result<Answer, SourceError>> {
+        let g = query.grid;
+        assert_eq!(
+            g.end_ms,
+            g.start_ms + (g.len() as i64 - 1) * g.step_ms,
+            "the shards are asked for a grid that ends after its last instant: {g:?}"
+        );
+        self.0.select(query)
+    }
+}
+
+#[test]
+fn shards_see_grids_that_end_on_their_last_instant() {
+    let source = GridChecking(MemorySource::new(data(), 2));
+    let options = || QueryOptions::new(Tenant::new("anonymous").unwrap());
+    // One step, the end 50 s after it; a subquery whose one inner step is 20.5 s before the
+    // instant; an offset range query with an end off the step.
+    let cases = [
+        (
+            "cpu",
+            TimeGrid {
+                start_ms: 10 * MIN,
+                end_ms: 10 * MIN + 50 * S,
+                step_ms: MIN,
+            },
+        ),
+        (
+            "max_over_time(cpu[30s:1m])",
+            TimeGrid::instant(10 * MIN + 20_500),
+        ),
+        (
+            "rate(http_requests_total[1m] offset 1m)",
+            TimeGrid {
+                start_ms: 5 * MIN,
+                end_ms: 9 * MIN + 7 * S,
+                step_ms: 2 * MIN,
+            },
+        ),
+    ];
+    for (q, grid) in cases {
+        let value = block_on(query(&source, options(), q, grid)).unwrap().value;
+        let Value::Vector(v) = value else {
+            panic!("{q}: {value:?}")
+        };
+        assert!(
+            !v.is_empty() && v.iter().all(|s| s.points.iter().all(Option::is_some)),
+            "{q}: {v:?}"
+        );
+    }
 }
