@@ -512,6 +512,18 @@ const INSTANT_QUERIES: &[&str] = &[
     "avg_over_time(rate(requests_total[1m])[4m:20s] offset 30s)",
     "min_over_time(queue_length[2m:25s] @ AT offset 1m)",
     "group(requests_total) by (method)",
+    "count_values(\"v\", memory_bytes)",
+    "count_values(\"v\", temperature_celsius / 1e6)",
+    "count_values(\"v\", vector(1e21) or label_replace(vector(-1e-7), \"a\", \"b\", \"\", \"\"))",
+    "count_values(\"v\", queue_length / 3)",
+    "stdvar(vector(1))",
+    "month(vector(-86400 * 40)) + day_of_month(vector(-86400 * 40)) * 100",
+    "minute(temperature_celsius) + hour(temperature_celsius) * 100",
+    "hour(vector(1.7e9 + 0.999)) + days_in_month(vector(951782400))",
+    "day_of_year(vector(1709251200.5)) + day_of_week(vector(1709251200.5))",
+    "round(temperature_celsius, 0.1)",
+    "round(memory_bytes, 7)",
+    "round(temperature_celsius, -3)",
     // Aggregations.
     "sum(requests_total)",
     "sum by (job) (rate(requests_total[5m]))",
@@ -583,6 +595,7 @@ const EMPTY_QUERIES: &[&str] = &[
     "nonexistent_metric",
     "temperature_celsius offset 35m",
     "queue_length @ 100",
+    "histogram_quantile(0.5, sum(http_request_duration_seconds_bucket))",
     "temperature_celsius{job=~\"\"}",
     "topk(0, queue_length)",
     "absent(label_replace(queue_length, \"a\", \"b\", \"job\", \".*\"))",
@@ -607,6 +620,17 @@ const ERROR_QUERIES: &[&str] = &[
     "queue_length + on(job) temperature_celsius",
     "sum by (job) (queue_length) + on(job) group_left queue_length",
     "build_info * on(job) group_right queue_length",
+    "rate(queue_length)",
+    "quantile_over_time(\"a\", queue_length[1m])",
+    "queue_length + on(job) group_left(job) temperature_celsius",
+    "queue_length and bool temperature_celsius",
+    "1 > 2",
+    "queue_length @ end() @ start()",
+    "queue_length offset 1m offset 2m",
+    "vector(\"a\")",
+    "scalar(queue_length, 1)",
+    "absent(queue_length[5m])",
+    "sum without (job) by (instance) (queue_length)",
 ];
 
 /// Range queries, over most of the data with a step that is no multiple of the data's.
@@ -724,21 +748,27 @@ async fn strata_answers_promql_like_prometheus() {
     }
 
     // Instants at whole seconds + 500 ms (in ms from `base_ms`): early; in the replica lag's
-    // gap (none of its samples in the lookback); just after the staleness marker; at the end.
+    // gap (none of its samples in the lookback); just after the staleness marker; at the end;
+    // 20.5 s after a whole minute.
     let at = |ms: i64| base_ms + ms;
     let instants = [
         at(7 * 60_000 + 31_500),
         at(16 * 60_000 + 2_500),
         at(20 * 60_000 + 30_500),
         at(29 * 60_000 + 57_500),
+        // 20.5 s after a whole minute: a subquery with a 1m step and a 30s range has one inner
+        // step, 20.5 s before the instant.
+        (at(25 * 60_000)).div_euclid(60_000) * 60_000 + 20_500,
     ];
     let at_ms = at(12 * 60_000 + 500);
     // Range queries: over most of the data; across its start; across the staleness marker
-    // with a step shorter than the data's.
+    // with a step shorter than the data's; one step with the end well after it.
     let ranges = [
         (at(5 * 60_000 + 500), at(29 * 60_000 + 57_500), 37_000),
         (at(-60_000 + 500), at(3 * 60_000 + 500), 11_000),
         (at(19 * 60_000 + 500), at(21 * 60_000 + 30_500), 7_000),
+        // One step, the end 50 s after it: nothing after the step may be read.
+        (at(10 * 60_000 + 500), at(10 * 60_000 + 50_500), 60_000),
     ];
 
     // Every node of the cluster answers over all the data written, as Prometheus does (per
