@@ -26,7 +26,6 @@
 //! Skipped with a loud notice when `prometheus` is not on `PATH`, unless `CI=true`.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -39,8 +38,8 @@ use strata_shard::{Clock, SystemClock};
 
 mod common;
 use common::prom::{
-    ClientProcess, assert_same_instant, assert_same_range, client_binary, free_port,
-    instant_answer, query_error,
+    assert_same_instant, assert_same_range, client_binary, instant_answer, query_error,
+    start_prometheus,
 };
 use common::{TempDir, body, post};
 
@@ -732,28 +731,13 @@ async fn strata_answers_promql_like_prometheus() {
         .unwrap();
     let http_addrs = cluster.serve_http(0).await.unwrap();
 
-    let prom = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
-    )
-    .unwrap();
-    let mut server = ClientProcess::spawn(
-        "prometheus",
+    let (mut server, prom) = start_prometheus(
         &prometheus,
-        &[
-            format!("--config.file={}", config.display()),
-            format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("prometheus-data").display()
-            ),
-            format!("--web.listen-address={prom}"),
-            "--web.enable-remote-write-receiver".into(),
-        ],
-        dir.0.join("prometheus.log"),
-    );
-    server.wait_ready(prom, "/-/ready").await;
+        &dir.0,
+        |_| "global:\n  scrape_interval: 1m\nscrape_configs: []\n".into(),
+        &["--web.enable-remote-write-receiver"],
+    )
+    .await;
 
     // The data ends a minute ago, at whole seconds (samples add their phases).
     let base_ms = SystemClock.now_ms() / 1000 * 1000 - STEPS * STEP_MS - 60_000;

@@ -31,7 +31,7 @@ mod common;
 use common::TempDir;
 use common::prom::{
     ClientProcess, assert_same_instant, assert_same_range, client_binary, free_port, http,
-    json_point, url_encode,
+    json_point, start_prometheus, url_encode,
 };
 
 /// How long the stored samples may take to match what a client sent.
@@ -382,34 +382,22 @@ async fn prometheus_remote_write_stores_every_scraped_sample() {
     let http_addrs = cluster.serve_http(0).await.unwrap();
     let strata = http_addrs[&1];
 
-    let prom = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      \
-             - targets: ['{prom}']\n\
-             remote_write:\n  - url: http://{strata}/api/v1/write\n    queue_config:\n      \
-             batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n    \
-             metadata_config:\n      send_interval: 1s\n"
-        ),
-    )
-    .unwrap();
-    let mut client = ClientProcess::spawn(
-        "prometheus",
+    let (mut client, prom) = start_prometheus(
         &prometheus,
-        &[
-            format!("--config.file={}", config.display()),
+        &dir.0,
+        |prom| {
             format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("prometheus-data").display()
-            ),
-            format!("--web.listen-address={prom}"),
-        ],
-        dir.0.join("prometheus.log"),
-    );
-    client.wait_ready(prom, "/-/ready").await;
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      \
+                 - targets: ['{prom}']\n\
+                 remote_write:\n  - url: http://{strata}/api/v1/write\n    queue_config:\n      \
+                 batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n    \
+                 metadata_config:\n      send_interval: 1s\n"
+            )
+        },
+        &[],
+    )
+    .await;
 
     // A fixed instant a little in the past, so that no scrape at or before it is still being
     // committed by Prometheus (a scrape times out after 1 s), once Prometheus has scraped

@@ -134,6 +134,32 @@ pub fn client_binary(name: &str, package: &str) -> Option<PathBuf> {
     found
 }
 
+/// Prometheus (`binary`) on a free loopback port, with the configuration `config(address)`,
+/// its storage, configuration and log under `dir`, and the `extra` flags; once it answers
+/// `/-/ready`. Returns the process and its address.
+pub async fn start_prometheus(
+    binary: &Path,
+    dir: &Path,
+    config: impl FnOnce(SocketAddr) -> String,
+    extra: &[&str],
+) -> (ClientProcess, SocketAddr) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config(addr)).unwrap();
+    let mut args = vec![
+        format!("--config.file={}", config_file.display()),
+        format!(
+            "--storage.tsdb.path={}",
+            dir.join("prometheus-data").display()
+        ),
+        format!("--web.listen-address={addr}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut process = ClientProcess::spawn("prometheus", binary, &args, dir.join("prometheus.log"));
+    process.wait_ready(addr, "/-/ready").await;
+    (process, addr)
+}
+
 /// A loopback port that was free a moment ago (the client binds it itself).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
