@@ -524,6 +524,22 @@ const INSTANT_QUERIES: &[&str] = &[
     "round(temperature_celsius, 0.1)",
     "round(memory_bytes, 7)",
     "round(temperature_celsius, -3)",
+    // Dashboard-style compositions.
+    "sum(rate(http_request_duration_seconds_sum[5m])) by (job) / sum(rate(http_request_duration_seconds_count[5m])) by (job)",
+    "100 * (1 - avg by (instance) (rate(cpu_seconds_total{mode=\"user\"}[5m])))",
+    "sum by (job) (increase(requests_total[10m])) > bool 100",
+    "max(max_over_time(memory_bytes[10m])) - min(min_over_time(memory_bytes[10m]))",
+    "avg(avg_over_time(temperature_celsius[5m] offset 5m))",
+    "count(count_over_time(replication_lag_seconds[1m]) > 3)",
+    "histogram_quantile(0.95, sum(rate(http_request_duration_seconds_bucket[5m])) by (le, job))",
+    "label_replace(sum by (instance) (rate(requests_total[5m])), \"host\", \"$1\", \"instance\", \"(.*):.*\")",
+    "sum by (job) (rate(requests_total[5m])) / ignoring(job) group_left sum(rate(requests_total[5m]))",
+    "sum(rate(requests_total[5m])) / scalar(count(build_info))",
+    "rate(requests_total[5m]) > on(job) group_left avg by (job) (rate(requests_total[5m]))",
+    "quantile_over_time(0.99, rate(requests_total[1m])[10m:1m])",
+    "deriv(sum(cpu_seconds_total)[10m:1m])",
+    "abs(delta(temperature_celsius[5m])) > 2",
+    "clamp_min(rate(requests_total[5m]) - 1, 0)",
     // Aggregations.
     "sum(requests_total)",
     "sum by (job) (rate(requests_total[5m]))",
@@ -713,6 +729,9 @@ const RANGE_QUERIES: &[&str] = &[
     "count_over_time(batch_duration_seconds[3m])",
     "irate(requests_total[1m] offset 30s)",
     "rate(http_request_duration_seconds_sum[2m]) / rate(http_request_duration_seconds_count[2m])",
+    "sum by (job) (rate(requests_total[5m])) / ignoring(job) group_left sum(rate(requests_total[5m]))",
+    "quantile_over_time(0.99, rate(requests_total[1m])[10m:1m])",
+    "100 * (1 - avg by (instance) (rate(cpu_seconds_total{mode=\"user\"}[5m])))",
 ];
 
 /// `AT` in a query: the given instant, in seconds.
