@@ -20,7 +20,9 @@
 //! fallback in 3.x, before it in 2.42; the counters here start large and reset to a large
 //! value); `count_values` of a transcendental function's results (Go's `math.Log` and Rust's
 //! `ln` may differ in the last bit, which the label value shows in full: the values themselves
-//! are compared within 1e-9); `atan2` keeping the metric name (2.42) or not (2.46+); functions 2.42 lacks
+//! are compared within 1e-9); `atan2` keeping the metric name (2.42) or not (2.46+); label
+//! names outside `[a-zA-Z_][a-zA-Z0-9_]*` (refused by 2.42, valid UTF-8 names in 3.x); nested
+//! subqueries whose inner steps fall on their window's start; functions 2.42 lacks
 //! (`sort_by_label`, `double_exponential_smoothing`, ...).
 //!
 //! Skipped with a loud notice when `prometheus` is not on `PATH`, unless `CI=true`.
