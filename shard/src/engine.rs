@@ -1028,9 +1028,12 @@ impl Engine {
                 }
                 // One instant, no range function: the selector keeps only the newest sample
                 // of its lookback window.
-                (_, None) if q.grid.len() == 1 => {
-                    self.newest_sample_of(r, q.window_start_ms().saturating_add(1), grid_end)?
-                }
+                // The one instant is the grid's start; its end may lie after it.
+                (_, None) if q.grid.len() == 1 => self.newest_sample_of(
+                    r,
+                    q.window_start_ms().saturating_add(1),
+                    q.grid.start_ms,
+                )?,
                 _ => self.samples_of(r, q.window_start_ms().saturating_add(1), grid_end)?,
             };
             if !samples.is_empty() {

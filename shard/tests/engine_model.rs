@@ -216,7 +216,37 @@ fn check_instants(engine: &Engine, series: usize, samples: &[Sample]) -> Result<
             .filter(|bits| *bits != STALE_NAN_BITS)
             .into_iter()
             .collect();
-        prop_assert_eq!(got, want, "instant selection of series {} at {}", series, t);
+        prop_assert_eq!(
+            &got,
+            &want,
+            "instant selection of series {} at {}",
+            series,
+            t
+        );
+        // A grid of one instant whose end lies after it (a range query shorter than its step)
+        // selects at the instant, not at the end.
+        let one_step = PartialQuery {
+            grid: TimeGrid {
+                start_ms: t,
+                end_ms: t + LOOKBACK,
+                step_ms: 2 * LOOKBACK,
+            },
+            ..q
+        };
+        let got_one_step: Vec<u64> = engine
+            .query(&one_step)
+            .unwrap()
+            .finalize()
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.value.to_bits()))
+            .collect();
+        prop_assert_eq!(
+            got_one_step,
+            want,
+            "one-step grid of series {} at {}",
+            series,
+            t
+        );
     }
     Ok(())
 }
