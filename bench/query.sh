@@ -158,7 +158,7 @@ case " $RAN " in *" strata-rf1 "*)
   case " $RAN " in *" prometheus "*) header="$header Strata / Prometheus (p50) |"; rule="$rule---|" ;; esac
   case " $RAN " in *" vm "*) header="$header Strata / VM (p50) |"; rule="$rule---|" ;; esac ;;
 esac
-header="$header series, points answered (sum of values alike?) |"; rule="$rule---|"
+header="$header series, points answered by $(awk '{ print $1 }' <<<"$RAN"); the others' answers alike? |"; rule="$rule---|"
 echo "$header"
 echo "$rule"
 for type in $(awk -F'\t' '{ print $2 }' "$RESULTS" | awk '!seen[$0]++'); do
@@ -169,19 +169,23 @@ for type in $(awk -F'\t' '{ print $2 }' "$RESULTS" | awk '!seen[$0]++'); do
     case " $RAN " in *" prometheus "*) row="$row $(ratio "$s" "$(cell prometheus "$type" 3)") |" ;; esac
     case " $RAN " in *" vm "*) row="$row $(ratio "$s" "$(cell vm "$type" 3)") |" ;; esac ;;
   esac
-  # Alike: the same series and point counts everywhere, sums within 1e-9 relative.
-  alike=$(awk -F'\t' -v t="$type" '$2 == t {
-      if (n++ == 0) { s = $5; p = $6; v = $7 } else if ($5 != s || $6 != p) d = 1
-      else if (($7 - v) ^ 2 > (1e-9 * ($7 > v ? $7 : v)) ^ 2) d = 1
-    } END { print (d ? "differ" : "alike") }' "$RESULTS")
-  if [ "$alike" = alike ]; then
-    row="$row $(cell "$(awk '{ print $1 }' <<<"$RAN")" "$type" 5), $(cell "$(awk '{ print $1 }' <<<"$RAN")" "$type" 6) (alike) |"
-  else
-    answers=""
-    for system in $RAN; do
-      answers="$answers$system $(cell "$system" "$type" 5), $(cell "$system" "$type" 6), sum $(cell "$system" "$type" 7); "
-    done
-    row="$row DIFFER: ${answers%; } |"
-  fi
+  # Each system's answers against the first system's (Prometheus by default): alike when the
+  # series and point counts are equal and the sums of values within 1e-9 relative.
+  ref=$(awk '{ print $1 }' <<<"$RAN")
+  answers="$(cell "$ref" "$type" 5), $(cell "$ref" "$type" 6)"
+  for system in $RAN; do
+    [ "$system" != "$ref" ] || continue
+    same=$(awk -F'\t' -v t="$type" -v a="$ref" -v b="$system" '
+      $2 == t && $1 == a { s = $5; p = $6; v = $7 }
+      $2 == t && $1 == b { s2 = $5; p2 = $6; v2 = $7 }
+      END { m = (v > v2 ? v : v2); if (m < 0) m = -m
+            print (s == s2 && p == p2 && (v - v2) ^ 2 <= (1e-9 * m) ^ 2) ? "alike" : "differs" }' "$RESULTS")
+    if [ "$same" = alike ]; then
+      answers="$answers; $system alike"
+    else
+      answers="$answers; $system DIFFERS ($(cell "$system" "$type" 5), $(cell "$system" "$type" 6), sum $(cell "$system" "$type" 7) vs $(cell "$ref" "$type" 7))"
+    fi
+  done
+  row="$row $answers |"
   echo "$row"
 done
