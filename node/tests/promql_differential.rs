@@ -298,6 +298,14 @@ const INSTANT_QUERIES: &[&str] = &[
     "predict_linear(temperature_celsius[5m], 600)",
     "predict_linear(memory_bytes[2m], -60)",
     "resets(requests_total[10m])",
+    // timestamp(): of a selector, when its picked sample was taken (stale series and gaps
+    // included); of anything else, the evaluation time.
+    "timestamp(temperature_celsius)",
+    "timestamp(batch_duration_seconds)",
+    "timestamp(replication_lag_seconds)",
+    "timestamp(requests_total offset 1m)",
+    "timestamp(queue_length @ AT)",
+    "timestamp(sum by (job) (queue_length))",
     "resets(cpu_seconds_total[20m])",
     "changes(queue_length[2m])",
     "changes(build_info[10m])",
@@ -655,6 +663,7 @@ const ERROR_QUERIES: &[&str] = &[
 /// Range queries, over most of the data with a step that is no multiple of the data's.
 const RANGE_QUERIES: &[&str] = &[
     "temperature_celsius",
+    "timestamp(batch_duration_seconds)",
     "batch_duration_seconds",
     "replication_lag_seconds",
     "requests_total{method=\"GET\", instance=~\"api.*\"}",

@@ -460,10 +460,42 @@ impl<'a> Evaluator<'a> {
                         .collect(),
                 )
             }
-            "timestamp" => fail(
-                "timestamp() is not supported yet: the shards return values on the query grid, \
-                 not the timestamps of the samples behind them",
-            ),
+            "timestamp" => {
+                let Some(arg) = args.first() else {
+                    return fail("timestamp() needs one argument");
+                };
+                // Of a selector: the timestamp of the sample it picks, read on the shards. Of
+                // anything else: the evaluation time of each value.
+                if let Expr::VectorSelector(vs) = unparen(arg) {
+                    let push = Pushdown {
+                        selector: vs,
+                        range: Some(RangeSpec {
+                            func: RangeFn::Timestamp,
+                            range_ms: self.options.lookback_ms,
+                        }),
+                    };
+                    let series = self.select(&push, None, grid).await?;
+                    return vector(
+                        series
+                            .into_iter()
+                            .map(|s| (drop_name(&s.labels), s.points))
+                            .collect(),
+                    );
+                }
+                let v = self.vector_arg(name, &args, 0, grid).await?;
+                vector(
+                    v.into_iter()
+                        .map(|s| {
+                            let points = grid
+                                .steps()
+                                .zip(&s.points)
+                                .map(|(t, p)| p.map(|_| t as f64 / 1e3))
+                                .collect();
+                            (drop_name(&s.labels), points)
+                        })
+                        .collect(),
+                )
+            }
             _ => {
                 if let Some(f) = functions::math(name) {
                     let v = self.vector_arg(name, &args, 0, grid).await?;

@@ -415,3 +415,51 @@ fn shards_see_grids_that_end_on_their_last_instant() {
         );
     }
 }
+
+#[test]
+fn timestamp_is_the_picked_samples_time_or_the_evaluation_time() {
+    let cpu_a: &[(&str, &str)] = &[("instance", "a")];
+    // Of a selector: when the sample it picks was taken, in seconds, without the name.
+    assert_values(
+        r#"timestamp(cpu{instance="a"})"#,
+        10 * MIN + 15 * S,
+        &[(cpu_a, 610.0)],
+    );
+    assert_values(
+        r#"timestamp(cpu{instance="a"} offset 1m)"#,
+        10 * MIN + 15 * S,
+        &[(cpu_a, 550.0)],
+    );
+    assert_values(
+        r#"timestamp(cpu{instance="a"} @ 100)"#,
+        10 * MIN + 15 * S,
+        &[(cpu_a, 100.0)],
+    );
+    // The newest sample before a stale marker, and nothing once the marker is the newest.
+    assert_values("timestamp(flaky)", 10 * MIN - 1, &[(&[], 590.0)]);
+    assert!(instant("timestamp(flaky)", 10 * MIN + 30 * S).is_empty());
+    // Of anything else: the evaluation time.
+    assert_values(
+        r#"timestamp(cpu{instance="a"} * 2)"#,
+        10 * MIN + 15 * S,
+        &[(cpu_a, 615.0)],
+    );
+    // Over a range query, the same at every step, on 1 shard as on 16.
+    let grid = TimeGrid {
+        start_ms: 5 * MIN + 5 * S,
+        end_ms: 6 * MIN + 5 * S,
+        step_ms: 30 * S,
+    };
+    let one = run(r#"timestamp(cpu{instance="b"})"#, grid, 1).unwrap();
+    assert_eq!(
+        one,
+        run(r#"timestamp(cpu{instance="b"})"#, grid, 16).unwrap()
+    );
+    let Value::Vector(series) = one else {
+        panic!("{one:?}")
+    };
+    assert_eq!(
+        series[0].points,
+        vec![Some(300.0), Some(330.0), Some(360.0)]
+    );
+}

@@ -49,7 +49,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::query::{AggOp, Grouping, PartialQuery, TimeGrid};
+use crate::query::{AggOp, Grouping, PartialQuery, RangeFn, TimeGrid};
 use crate::rangefn;
 use crate::series::{Label, Labels, METRIC_NAME_LABEL, Sample, TS_ABS_MAX_MS, is_stale_marker};
 
@@ -470,11 +470,12 @@ fn series_values(q: &PartialQuery, samples: &[Sample]) -> Vec<(usize, f64)> {
             }
         }
         Some(spec) => {
-            // A stale marker is never a sample of a range: drop them once for all windows.
+            // A stale marker is never a sample of a range: drop them once for all windows
+            // (`timestamp` reads what an instant selector reads, stale markers included).
             let clean: Vec<Sample> = samples
                 .iter()
                 .copied()
-                .filter(|s| !is_stale_marker(s.value))
+                .filter(|s| spec.func == RangeFn::Timestamp || !is_stale_marker(s.value))
                 .collect();
             for (i, t) in q.grid.steps().enumerate() {
                 let start = t.saturating_sub(spec.range_ms);
@@ -1198,6 +1199,7 @@ mod tests {
                 Just(RangeFn::SumOverTime),
                 Just(RangeFn::CountOverTime),
                 Just(RangeFn::LastOverTime),
+                Just(RangeFn::Timestamp),
                 Just(RangeFn::PresentOverTime),
                 Just(RangeFn::StddevOverTime),
                 Just(RangeFn::StdvarOverTime),

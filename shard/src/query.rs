@@ -82,6 +82,10 @@ pub enum RangeFn {
     Deriv,
     /// `predict_linear(…, s)`: the least-squares line's value `s` seconds after `t`.
     PredictLinear(f64),
+    /// `timestamp(selector)`: the timestamp, in seconds, of the sample an instant selector
+    /// with lookback `range_ms` picks (the newest in the window; none when that is a stale
+    /// marker). Unlike every other range function it sees stale markers.
+    Timestamp,
 }
 
 impl RangeFn {
@@ -107,6 +111,7 @@ impl RangeFn {
             RangeFn::QuantileOverTime(_) => "quantile_over_time",
             RangeFn::Deriv => "deriv",
             RangeFn::PredictLinear(_) => "predict_linear",
+            RangeFn::Timestamp => "timestamp",
         }
     }
 }

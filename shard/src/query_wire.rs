@@ -288,11 +288,13 @@ const RANGE_FNS: [RangeFn; 17] = [
 ];
 const TAG_QUANTILE: u8 = 17;
 const TAG_PREDICT_LINEAR: u8 = 18;
+const TAG_TIMESTAMP: u8 = 19;
 
 fn range_fn_tag(func: RangeFn) -> (u8, f64) {
     match func {
         RangeFn::QuantileOverTime(q) => (TAG_QUANTILE, q),
         RangeFn::PredictLinear(s) => (TAG_PREDICT_LINEAR, s),
+        RangeFn::Timestamp => (TAG_TIMESTAMP, 0.0),
         simple => (
             RANGE_FNS
                 .iter()
@@ -307,6 +309,7 @@ fn range_fn_of(tag: u8, param: f64) -> Option<RangeFn> {
     match tag {
         TAG_QUANTILE => Some(RangeFn::QuantileOverTime(param)),
         TAG_PREDICT_LINEAR => Some(RangeFn::PredictLinear(param)),
+        TAG_TIMESTAMP => Some(RangeFn::Timestamp),
         t => RANGE_FNS.get(t as usize).copied(),
     }
 }
@@ -493,6 +496,7 @@ mod tests {
             .chain(&[
                 RangeFn::QuantileOverTime(0.9),
                 RangeFn::PredictLinear(600.0),
+                RangeFn::Timestamp,
             ])
             .map(|f| {
                 Some(RangeSpec {

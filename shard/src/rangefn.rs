@@ -27,7 +27,7 @@
 use std::cmp::Ordering;
 
 use crate::query::RangeFn;
-use crate::series::Sample;
+use crate::series::{Sample, is_stale_marker};
 
 /// Evaluates `func` at instant `t_ms` over `samples`, which are exactly the samples in
 /// `(t_ms - range_ms, t_ms]`, sorted by ts, without stale markers. Returns `None` where
@@ -78,6 +78,7 @@ pub fn eval(func: RangeFn, samples: &[Sample], t_ms: i64, range_ms: i64) -> Opti
         }
         RangeFn::CountOverTime => Some(samples.len() as f64),
         RangeFn::LastOverTime => Some(last.value),
+        RangeFn::Timestamp => (!is_stale_marker(last.value)).then(|| last.ts_ms as f64 / 1e3),
         RangeFn::PresentOverTime => Some(1.0),
         RangeFn::StddevOverTime => Some(variance_over_time(samples).sqrt()),
         RangeFn::StdvarOverTime => Some(variance_over_time(samples)),
@@ -368,7 +369,7 @@ mod tests {
             .iter()
             .copied()
             .filter(|s| s.ts_ms > t_ms - range_ms && s.ts_ms <= t_ms)
-            .filter(|s| !crate::series::is_stale_marker(s.value))
+            .filter(|s| !is_stale_marker(s.value))
             .collect()
     }
 

@@ -324,7 +324,8 @@ pub fn eval(func: RangeFn, records: &[RollupRecord], t_ms: i64, range_ms: i64) -
         | RangeFn::StdvarOverTime
         | RangeFn::QuantileOverTime(_)
         | RangeFn::Deriv
-        | RangeFn::PredictLinear(_) => None,
+        | RangeFn::PredictLinear(_)
+        | RangeFn::Timestamp => None,
     }
 }
 
