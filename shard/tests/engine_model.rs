@@ -195,7 +195,7 @@ fn check_instants(engine: &Engine, series: usize, samples: &[Sample]) -> Result<
     for t in instants {
         let q = PartialQuery {
             tenant: Tenant::new("t").unwrap(),
-            matchers: vec![Matcher::new(MatchOp::Equal, "s", &series.to_string()).unwrap()],
+            matchers: vec![Matcher::new(MatchOp::Equal, "s", series.to_string()).unwrap()],
             grid: TimeGrid::instant(t),
             lookback_ms: LOOKBACK,
             range: None,
