@@ -664,3 +664,43 @@ async fn a_router_forwards_proposals_to_the_leader_and_a_lost_reply_is_an_unknow
         Err(ProposeError::Unreachable { .. })
     ));
 }
+
+/// A strong read of a group whose only voter is this node skips the read-index round
+/// (`Registry::sole_voter_caught_up`); it must still see every acknowledged write, also right
+/// after the replica restarts, when it must first apply an entry of its new term.
+#[tokio::test(start_paused = true)]
+async fn strong_reads_of_a_single_voter_group_see_every_acknowledged_write() {
+    let c = Cluster::new(&[1], |_| {}).await;
+    c.create_group(3, &[1]).await;
+    let read_all = || async {
+        c.node(1)
+            .read(3, Consistency::Strong, |e| {
+                e.read_series(&key(3), i64::MIN / 4, i64::MAX / 4)
+                    .unwrap()
+                    .len()
+            })
+            .await
+    };
+    for i in 0..10 {
+        c.propose(3, write(3, i)).await;
+        assert_eq!(read_all().await.unwrap(), i as usize + 1);
+    }
+    c.node(1).stop_group(3).await.unwrap();
+    c.node(1).start_group(3).await.unwrap();
+    let mut answered = 0;
+    for _ in 0..400 {
+        match read_all().await {
+            Ok(n) => {
+                assert_eq!(n, 10, "a strong read after the restart missed writes");
+                answered += 1;
+            }
+            Err(ReadError::NotLeader { .. } | ReadError::Timeout { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        answered > 0,
+        "the restarted single voter never answered a strong read"
+    );
+}
