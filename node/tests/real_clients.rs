@@ -404,7 +404,11 @@ async fn prometheus_remote_write_stores_every_scraped_sample() {
     // itself a few times by then (its first scrape waits for target discovery, about 5 s).
     // Prometheus 2.x's range selector is closed, [at - 5m, at], like the cluster read below;
     // nothing is older than 5 minutes.
-    const SCRAPES_MIN: usize = 8;
+    // 16: the queries compared below need more than 10 s of scrapes before the instant they
+    // are evaluated at (2 s before this one): `max_over_time(rate(…[10s])[30s:5s])` takes the
+    // rate at the last multiple of 5 s, up to 5 s earlier still. With 8 scrapes Prometheus
+    // sometimes had no such rate and answered nothing (a CI run of 2026-12-04).
+    const SCRAPES_MIN: usize = 16;
     const SETTLE_MS: i64 = 3_000;
     let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
     let at_ms = loop {
