@@ -63,31 +63,10 @@ while [ $# -gt 0 ]; do
 done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-STRATA=$TARGET_DIR/release/strata
-GEN=$TARGET_DIR/release/strata-bench
 CLK_TCK=$(getconf CLK_TCK)
-
-if [ "$BUILD" = 1 ]; then
-  say "building release binaries (strata, strata-bench) into $TARGET_DIR"
-  (cd "$ROOT" && cargo build --release -p strata-node -p strata-bench --bin strata --bin strata-bench) >&2
-fi
-[ -x "$STRATA" ] || die "$STRATA missing (build it, or drop --no-build)"
-[ -x "$GEN" ] || die "$GEN missing (build it, or drop --no-build)"
-
-WORK_DIR=${WORK_DIR:-$(mktemp -d /tmp/strata-ingest.XXXXXX)}
-mkdir -p "$WORK_DIR"
-SYS_PID=""
-cleanup() {
-  if [ -n "$SYS_PID" ] && kill -0 "$SYS_PID" 2>/dev/null; then
-    kill -TERM "$SYS_PID" 2>/dev/null || true
-    wait "$SYS_PID" 2>/dev/null || true
-  fi
-  if [ "$KEEP" = 1 ]; then say "kept $WORK_DIR"; else rm -rf "$WORK_DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+prepare ingest
 
 
 RESULTS=$WORK_DIR/results.tsv

@@ -1,6 +1,7 @@
 # Shared by bench/ingest.sh and bench/query.sh (sourced, not run): start and stop each
 # system on loopback with a fresh data directory, and small helpers. The sourcing script sets
-# ROOT, STRATA, VM_BIN, PROM_BIN, STRATA_START_ARGS, STRATA_CONFIG, and defines die and say.
+# ROOT, TARGET_DIR, BUILD, KEEP, VM_BIN, PROM_BIN, STRATA_START_ARGS, STRATA_CONFIG, defines
+# die and say, and calls `prepare NAME` (binaries, work directory, clean-up on exit).
 #
 # Systems:
 #   vm          Debian's victoria-metrics: -search.latencyOffset=0s -search.disableCache
@@ -10,6 +11,44 @@
 #   strata-rf3  `strata dev`: 3 nodes in 3 zones in one process, every shard on all three
 # After start_system, URLS holds the remote-write URL(s), one per line; a URL without its
 # /api/v1/write suffix is the system's Prometheus HTTP API.
+
+# Sets STRATA and GEN (built first unless BUILD=0) and WORK_DIR (a fresh
+# /tmp/strata-NAME.XXXXXX unless set), and on exit stops the running system and removes
+# WORK_DIR (kept with KEEP=1). Reads ROOT, TARGET_DIR, BUILD, KEEP.
+prepare() {
+  STRATA=$TARGET_DIR/release/strata
+  GEN=$TARGET_DIR/release/strata-bench
+  if [ "$BUILD" = 1 ]; then
+    say "building release binaries (strata, strata-bench) into $TARGET_DIR"
+    (cd "$ROOT" && cargo build --release -p strata-node -p strata-bench --bin strata --bin strata-bench) >&2
+  fi
+  [ -x "$STRATA" ] || die "$STRATA missing (build it, or drop --no-build)"
+  [ -x "$GEN" ] || die "$GEN missing (build it, or drop --no-build)"
+  WORK_DIR=${WORK_DIR:-$(mktemp -d "/tmp/strata-$1.XXXXXX")}
+  mkdir -p "$WORK_DIR"
+  SYS_PID=""
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+cleanup() {
+  if [ -n "$SYS_PID" ] && kill -0 "$SYS_PID" 2>/dev/null; then
+    kill -TERM "$SYS_PID" 2>/dev/null || true
+    wait "$SYS_PID" 2>/dev/null || true
+  fi
+  if [ "$KEEP" = 1 ]; then say "kept $WORK_DIR"; else rm -rf "$WORK_DIR"; fi
+}
+
+# Waits until URL answers 2xx, or the system (SYS_PID) exited; WHAT names it in errors.
+wait_ready() {
+  local url=$1 what=$2 log=$3
+  for _ in $(seq 1 300); do
+    curl -sf "$url" >/dev/null 2>&1 && return
+    kill -0 "$SYS_PID" 2>/dev/null || { cat "$log" >&2; die "$what exited"; }
+    sleep 0.2
+  done
+  die "$what not ready at $url within 60 s"
+}
 
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the
 # command name in field 2 may hold spaces, so count from the closing parenthesis).
@@ -67,12 +106,7 @@ start_system() {
       "$VM_BIN" -storageDataPath="$dir" -httpListenAddr="127.0.0.1:$port" \
         -search.latencyOffset=0s -search.disableCache >"$log" 2>&1 &
       SYS_PID=$!
-      for _ in $(seq 1 300); do
-        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-        kill -0 "$SYS_PID" 2>/dev/null || { cat "$log" >&2; die "victoria-metrics exited"; }
-        sleep 0.2
-      done
-      curl -sf "http://127.0.0.1:$port/health" >/dev/null || die "victoria-metrics not healthy"
+      wait_ready "http://127.0.0.1:$port/health" victoria-metrics "$log"
       URLS="http://127.0.0.1:$port/api/v1/write"
       ;;
     prometheus)
@@ -83,12 +117,7 @@ start_system() {
       "$PROM_BIN" --config.file="$dir.yml" --storage.tsdb.path="$dir" \
         --web.listen-address="127.0.0.1:$port" --web.enable-remote-write-receiver >"$log" 2>&1 &
       SYS_PID=$!
-      for _ in $(seq 1 300); do
-        curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
-        kill -0 "$SYS_PID" 2>/dev/null || { cat "$log" >&2; die "prometheus exited"; }
-        sleep 0.2
-      done
-      curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null || die "prometheus not ready"
+      wait_ready "http://127.0.0.1:$port/-/ready" prometheus "$log"
       URLS="http://127.0.0.1:$port/api/v1/write"
       ;;
     strata-rf3)

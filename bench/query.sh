@@ -52,27 +52,9 @@ while [ $# -gt 0 ]; do
 done
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-STRATA=$TARGET_DIR/release/strata
-GEN=$TARGET_DIR/release/strata-bench
-if [ "$BUILD" = 1 ]; then
-  say "building release binaries (strata, strata-bench) into $TARGET_DIR"
-  (cd "$ROOT" && cargo build --release -p strata-node -p strata-bench --bin strata --bin strata-bench) >&2
-fi
-[ -x "$STRATA" ] || die "$STRATA missing (build it, or drop --no-build)"
-[ -x "$GEN" ] || die "$GEN missing (build it, or drop --no-build)"
-
-WORK_DIR=${WORK_DIR:-$(mktemp -d /tmp/strata-query.XXXXXX)}
-mkdir -p "$WORK_DIR"
-SYS_PID=""
-cleanup() {
-  if [ -n "$SYS_PID" ] && kill -0 "$SYS_PID" 2>/dev/null; then
-    kill -TERM "$SYS_PID" 2>/dev/null || true
-    wait "$SYS_PID" 2>/dev/null || true
-  fi
-  if [ "$KEEP" = 1 ]; then say "kept $WORK_DIR"; else rm -rf "$WORK_DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+prepare query
 
 # The dataset: HOSTS x 10 series, one sample every 10 s for HOURS hours, the last on a whole
 # 10 s just before the run. Strata's router takes samples up to [write] accept_past_ms old (2 h
@@ -84,8 +66,6 @@ START_MS=$((END_MS - (POINTS - 1) * INTERVAL_MS))
 SPAN_MAX_MS=$(( (HOURS + 1) * 3600 * 1000 ))
 STRATA_CONFIG=$WORK_DIR/strata.toml
 printf '[write]\naccept_past_ms = %d\n' "$SPAN_MAX_MS" >"$STRATA_CONFIG"
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 RESULTS=$WORK_DIR/results.tsv
 : >"$RESULTS"
