@@ -136,6 +136,36 @@ struct Options {
     span_max_ms: i64,
 }
 
+/// The `--flag value` pairs of the command line, or `None` after printing the usage for
+/// `-h`/`--help`.
+fn flag_values(args: &[String]) -> anyhow::Result<Option<Vec<(&str, &str)>>> {
+    let mut pairs = Vec::new();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            return Ok(None);
+        }
+        let v = rest
+            .next()
+            .ok_or_else(|| anyhow!("{flag} needs a value\n\n{USAGE}"))?;
+        pairs.push((flag.as_str(), v.as_str()));
+    }
+    Ok(Some(pairs))
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T> {
+    v.parse()
+        .map_err(|_| anyhow!("{flag} needs a number, got {v:?}\n\n{USAGE}"))
+}
+
+fn positive(flag: &str, v: &str) -> anyhow::Result<usize> {
+    match num::<usize>(flag, v)? {
+        0 => bail!("{flag} must be positive\n\n{USAGE}"),
+        n => Ok(n),
+    }
+}
+
 fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
     let mut o = Options {
         urls: Vec::new(),
@@ -156,27 +186,11 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
         progress_s: 10,
         span_max_ms: SPAN_MS_MAX,
     };
-    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> anyhow::Result<T> {
-        v.parse()
-            .map_err(|_| anyhow!("{flag} needs a number, got {v:?}\n\n{USAGE}"))
-    }
-    fn positive(flag: &str, v: &str) -> anyhow::Result<usize> {
-        match num::<usize>(flag, v)? {
-            0 => bail!("{flag} must be positive\n\n{USAGE}"),
-            n => Ok(n),
-        }
-    }
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let v = rest
-            .next()
-            .ok_or_else(|| anyhow!("{flag} needs a value\n\n{USAGE}"))?
-            .as_str();
-        match flag.as_str() {
+    let Some(flags) = flag_values(args)? else {
+        return Ok(None);
+    };
+    for (flag, v) in flags {
+        match flag {
             "--url" => o.urls.push(v.to_string()),
             "--series" => o.series = positive(flag, v)?,
             "--shape" => {
@@ -349,31 +363,14 @@ async fn attempt(
 ) -> Attempt {
     let timeout = Duration::from_millis(shared.opts.timeout_ms);
     let result = tokio::time::timeout(timeout, async {
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            *conn = Some(connect(target).await?);
-        }
-        let sender = conn.as_mut().expect("connected above");
-        sender.ready().await?;
         let mut req = Request::post(target.uri.clone())
-            .header(header::HOST, &target.authority)
             .header(header::CONTENT_ENCODING, "snappy")
             .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .header(header::USER_AGENT, "strata-bench")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0");
         if let Some(t) = &shared.opts.tenant {
             req = req.header("X-Scope-OrgID", t);
         }
-        let resp = sender.send_request(req.body(Full::new(body))?).await?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // Read the whole answer so the connection can carry the next request.
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, retry_after, body))
+        exchange(conn, target, req, body).await
     })
     .await;
     match result {
@@ -391,6 +388,36 @@ async fn attempt(
             body,
         },
     }
+}
+
+/// Sends one request (`req` with `Host`, `User-Agent` and `body` added) on the kept-alive
+/// `conn`, reconnecting when it was closed, and reads the whole answer so the connection can
+/// carry the next request. Returns the status, a `Retry-After` in seconds if any, the body.
+async fn exchange(
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    target: &Target,
+    req: hyper::http::request::Builder,
+    body: Bytes,
+) -> anyhow::Result<(StatusCode, Option<Duration>, Bytes)> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = Some(connect(target).await?);
+    }
+    let sender = conn.as_mut().expect("connected above");
+    sender.ready().await?;
+    let req = req
+        .header(header::HOST, &target.authority)
+        .header(header::USER_AGENT, "strata-bench")
+        .body(Full::new(body))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, retry_after, body))
 }
 
 /// Sends `body` until it is acknowledged, refused (4xx other than 429) or retries run out.
@@ -534,28 +561,18 @@ fn parse_query_args(args: &[String]) -> anyhow::Result<Option<QueryOptions>> {
         types: tsbs::TYPES.iter().map(|t| t.to_string()).collect(),
         timeout_ms: 120_000,
     };
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let v = rest
-            .next()
-            .ok_or_else(|| anyhow!("{flag} needs a value\n\n{USAGE}"))?
-            .as_str();
-        let num = |v: &str| -> anyhow::Result<i64> {
-            v.parse()
-                .map_err(|_| anyhow!("{flag} needs a number, got {v:?}\n\n{USAGE}"))
-        };
-        match flag.as_str() {
+    let Some(flags) = flag_values(args)? else {
+        return Ok(None);
+    };
+    for (flag, v) in flags {
+        match flag {
             "--url" => o.url = v.trim_end_matches('/').to_string(),
-            "--start-ms" => o.data.start_ms = num(v)?,
-            "--end-ms" => o.data.end_ms = num(v)?,
-            "--hosts" => o.data.hosts = num(v)?.max(1) as usize,
-            "--runs" => o.runs = num(v)?.max(1) as u64,
-            "--seed" => o.seed = num(v)? as u64,
-            "--timeout-ms" => o.timeout_ms = num(v)?.max(1) as u64,
+            "--start-ms" => o.data.start_ms = num(flag, v)?,
+            "--end-ms" => o.data.end_ms = num(flag, v)?,
+            "--hosts" => o.data.hosts = positive(flag, v)?,
+            "--runs" => o.runs = positive(flag, v)? as u64,
+            "--seed" => o.seed = num(flag, v)?,
+            "--timeout-ms" => o.timeout_ms = positive(flag, v)? as u64,
             "--types" => {
                 o.types = v.split(',').map(|t| t.trim().to_string()).collect();
                 if let Some(bad) = o.types.iter().find(|t| !tsbs::TYPES.contains(&t.as_str())) {
@@ -585,19 +602,8 @@ async fn post_form(
     path: &str,
     form: String,
 ) -> anyhow::Result<Bytes> {
-    if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        *conn = Some(connect(target).await?);
-    }
-    let sender = conn.as_mut().expect("connected above");
-    sender.ready().await?;
-    let req = Request::post(path)
-        .header(header::HOST, &target.authority)
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .header(header::USER_AGENT, "strata-bench")
-        .body(Full::new(Bytes::from(form)))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
+    let req = Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let (status, _, body) = exchange(conn, target, req, Bytes::from(form)).await?;
     if !status.is_success() {
         bail!(
             "{status}: {}",
