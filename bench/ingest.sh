@@ -4,13 +4,20 @@
 # data directory and loaded at saturation by target/release/strata-bench. Per run it measures
 # the acknowledged samples/s, the system's CPU seconds during the load (utime + stime of its
 # process from /proc/PID/stat) and the generator's own CPU (bash `time`), and prints a markdown
-# table of medians over --runs runs. Method and caveats: docs/BENCHMARKS.md, "Ingest (remote
-# write)".
+# table of medians over --runs runs. Then, unless --rate 0, one steady run per system on a fresh
+# start: --rate-series series sent at a fixed --rate samples/s, for the system's CPU seconds per
+# million samples at that rate and its resident memory (VmRSS) per active series afterwards.
+# Method and caveats: docs/BENCHMARKS.md, "Ingest (remote write)".
 #
 # usage: bench/ingest.sh [--runs N] [--systems "vm strata-rf1 strata-rf3 prometheus"] [--series N]
 #                        [--points P] [--interval-ms MS] [--batch N] [--concurrency C]
 #                        [--shape node_exporter|tsbs-cpu] [--order rounds|pipelined]
+#                        [--rate R] [--rate-series N] [--rate-points P]
 #                        [--no-build] [--keep] [--quick]
+#
+#   --rate R         samples/s of the steady run (default 50000; 0: no steady run)
+#   --rate-series N  series of the steady run (default 100000), --rate-points P points each
+#                    (default 30) every 10 s: the active series that RSS is divided by
 #
 #   --quick     a functional check, not a measurement: 10 points per series, 1 run
 #   --no-build  use the binaries already in $CARGO_TARGET_DIR/release (default target/)
@@ -33,6 +40,9 @@ BATCH=2000
 CONCURRENCY=5
 SHAPE=node_exporter
 ORDER=rounds
+RATE=50000
+RATE_SERIES=100000
+RATE_POINTS=30
 BUILD=1
 KEEP=0
 VM_BIN=${VM_BIN:-/usr/bin/victoria-metrics}
@@ -54,9 +64,12 @@ while [ $# -gt 0 ]; do
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --shape) SHAPE=$2; shift 2 ;;
     --order) ORDER=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --rate-series) RATE_SERIES=$2; shift 2 ;;
+    --rate-points) RATE_POINTS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
-    --quick) POINTS=10; RUNS=1; shift ;;
+    --quick) POINTS=10; RUNS=1; RATE_SERIES=5000; RATE_POINTS=4; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -70,7 +83,9 @@ prepare ingest
 
 
 RESULTS=$WORK_DIR/results.tsv
+STEADY=$WORK_DIR/steady.tsv
 : >"$RESULTS"
+: >"$STEADY"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "work directory $WORK_DIR; $(nproc) CPUs; load average $LOAD_BEFORE"
 say "load: $SERIES $SHAPE series x $POINTS points every $INTERVAL_MS ms, batch $BATCH, concurrency $CONCURRENCY, order $ORDER; $RUNS run(s) per system"
@@ -116,6 +131,31 @@ for system in $SYSTEMS; do
     say "$system run $run/$RUNS: $rate samples/s, system CPU $sys_cpu s = $per_m CPU-s per M samples, generator $gen_per_m CPU-s per M, p99 $p99 ms, errors $errors"
     rm -rf "$dir"
   done
+  [ "$RATE" != 0 ] || continue
+  dir=$WORK_DIR/$system-steady
+  start_system "$system" "$dir"
+  mapfile -t urls <<<"$URLS"
+  url_args=()
+  for u in "${urls[@]}"; do url_args+=(--url "$u"); done
+  rss_idle=$(rss_kb "$SYS_PID")
+  before=$(cpu_ticks "$SYS_PID")
+  "$GEN" "${url_args[@]}" --series "$RATE_SERIES" --points "$RATE_POINTS" --interval-ms 10000 \
+    --batch "$BATCH" --concurrency "$CONCURRENCY" --shape "$SHAPE" --rate "$RATE" --seed 1 \
+    --progress-s 0 >"$dir.gen.out" 2>"$dir.gen.err" \
+    || { cat "$dir.gen.err" >&2; die "$system steady run: the generator failed (see above)"; }
+  after=$(cpu_ticks "$SYS_PID")
+  # Memory once the load is over and the system had a moment to settle (a Go runtime's
+  # garbage collector, a write buffer's flush).
+  sleep 5
+  rss_loaded=$(rss_kb "$SYS_PID")
+  stop_system
+  result=$(grep '^RESULT ' "$dir.gen.out") || die "$system steady run: no RESULT line in $dir.gen.out"
+  samples=$(field "$result" samples)
+  [ "$(field "$result" failed_samples)" = 0 ] || say "WARNING: $system steady run: samples were refused: $result"
+  steady_per_m=$(awk -v a="$before" -v b="$after" -v t="$CLK_TCK" -v s="$samples" 'BEGIN { printf "%.3f", (b - a) / t / (s / 1e6) }')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$system" "$(field "$result" samples_per_s)" "$steady_per_m" "$rss_idle" "$rss_loaded" >>"$STEADY"
+  say "$system steady run: $(field "$result" samples_per_s) samples/s (asked $RATE), $steady_per_m CPU-s per M samples, RSS idle $((rss_idle / 1024)) MiB, after $RATE_SERIES series $((rss_loaded / 1024)) MiB"
+  rm -rf "$dir"
 done
 
 [ -n "$RAN" ] || die "no system ran"
@@ -143,4 +183,25 @@ for system in $RAN; do
   fi
   printf '| %s | %s | %.0f | %.3f | %s | %s | %.3f | %.1f ms | %s |\n' \
     "$(label "$system")" "$(durability "$system")" "$rate" "$per_m" "$r_rate" "$r_cpu" "$gen" "$p99" "$errors"
+done
+
+[ -s "$STEADY" ] || exit 0
+steady() { awk -F'\t' -v s="$1" -v c="$2" '$1 == s { print $c }' "$STEADY"; }
+vm_steady=$(steady vm 3)
+prom_rss=$(steady prometheus 5)
+echo
+echo "Steady load: $RATE_SERIES $SHAPE series x $RATE_POINTS points every 10 s sent at $RATE samples/s (one run per system, fresh start); CPU of the system's process during the load; resident memory (VmRSS) 5 s after it, divided by the $RATE_SERIES active series"
+echo
+echo "| system | samples/s achieved | CPU-s per M samples | vs VM | RSS idle | RSS after load | RSS per active series | vs Prometheus |"
+echo "|---|---|---|---|---|---|---|---|"
+for system in $RAN; do
+  [ -n "$(steady "$system" 1)" ] || continue
+  per_m=$(steady "$system" 3)
+  idle=$(steady "$system" 4)
+  loaded=$(steady "$system" 5)
+  r_cpu=$(awk -v a="$per_m" -v b="$vm_steady" 'BEGIN { if (b == "" || b == 0) print "n/a"; else printf "%.2f", a / b }')
+  r_rss=$(awk -v a="$loaded" -v b="$prom_rss" 'BEGIN { if (b == "" || b == 0) print "n/a"; else printf "%.2f", a / b }')
+  printf '| %s | %.0f | %.3f | %s | %d MiB | %d MiB | %.0f bytes | %s |\n' "$(label "$system")" \
+    "$(steady "$system" 2)" "$per_m" "$r_cpu" $((idle / 1024)) $((loaded / 1024)) \
+    "$(awk -v k="$loaded" -v n="$RATE_SERIES" 'BEGIN { print k * 1024 / n }')" "$r_rss"
 done

@@ -8,7 +8,8 @@
 #   prometheus  Debian's prometheus: --web.enable-remote-write-receiver, no scrape jobs
 #   strata-rf1  `strata start`: one node, a cluster of its own (RF=1); with STRATA_CONFIG set,
 #               that TOML file is its --config
-#   strata-rf3  `strata dev`: 3 nodes in 3 zones in one process, every shard on all three
+#   strata-rf3  `strata dev`: 3 nodes in 3 zones in one process, every shard on all three;
+#               with STRATA_CONFIG set, that file's shared sections are its --config
 # After start_system, URLS holds the remote-write URL(s), one per line; a URL without its
 # /api/v1/write suffix is the system's Prometheus HTTP API.
 
@@ -53,6 +54,9 @@ wait_ready() {
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the
 # command name in field 2 may hold spaces, so count from the closing parenthesis).
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+# Resident memory of a process, in KiB.
+rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 port_in_use() { ss -Htln "sport = :$1" | grep -q .; }
 
@@ -121,7 +125,9 @@ start_system() {
       URLS="http://127.0.0.1:$port/api/v1/write"
       ;;
     strata-rf3)
-      "$STRATA" dev --data-dir "$dir" --base-port 0 >"$log" 2>&1 &
+      local args=(--data-dir "$dir" --base-port 0)
+      if [ -n "$STRATA_CONFIG" ]; then args+=(--config "$STRATA_CONFIG"); fi
+      "$STRATA" dev "${args[@]}" >"$log" 2>&1 &
       SYS_PID=$!
       URLS=$(wait_for_urls "$log" 3 "$SYS_PID" "strata dev")
       ;;

@@ -7,7 +7,9 @@
 # every series, run the query types one at a time (a warm-up query, then --runs measured
 # ones per type), stop it. Prints a markdown table of median and p99 latency per type and
 # system, the ratios of Strata to Prometheus and to VictoriaMetrics, and what each answered
-# (series and points over the measured queries) so a difference in results shows.
+# (series and points over the measured queries) so a difference in results shows. A second
+# table gives each system's bytes on disk after a graceful stop (per sample of the dataset) and
+# its resident memory after the queries.
 # Method and caveats: docs/BENCHMARKS.md, "Query latency (TSBS devops)".
 #
 # usage: bench/query.sh [--hosts N] [--hours H] [--runs R] [--systems "prometheus vm strata-rf1"]
@@ -68,7 +70,9 @@ STRATA_CONFIG=$WORK_DIR/strata.toml
 printf '[write]\naccept_past_ms = %d\n' "$SPAN_MAX_MS" >"$STRATA_CONFIG"
 
 RESULTS=$WORK_DIR/results.tsv
+DISK=$WORK_DIR/disk.tsv
 : >"$RESULTS"
+: >"$DISK"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "work directory $WORK_DIR; $(nproc) CPUs; load average $LOAD_BEFORE"
 say "dataset: $HOSTS hosts x 10 cpu series x $POINTS points every 10 s = $((SERIES * POINTS)) samples, $START_MS..$END_MS; $RUNS measured queries per type"
@@ -94,7 +98,6 @@ for system in $SYSTEMS; do
   case "$system" in
     vm) [ -x "$VM_BIN" ] || { say "SKIP vm: $VM_BIN not found"; continue; } ;;
     prometheus) [ -x "$PROM_BIN" ] || { say "SKIP prometheus: $PROM_BIN not found"; continue; } ;;
-    strata-rf3) die "strata-rf3 is not supported here yet (strata dev takes no --config for [write])" ;;
   esac
   RAN="$RAN $system"
   dir=$WORK_DIR/$system
@@ -114,14 +117,17 @@ for system in $SYSTEMS; do
   say "$system: querying $base"
   "$GEN" query --url "$base" "${query_args[@]}" >"$dir.query.out" 2>"$dir.query.err" \
     || { cat "$dir.query.err" >&2; die "$system: queries failed"; }
-  rss_kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$SYS_PID/status")
+  rss=$(rss_kb "$SYS_PID")
   stop_system
+  # Bytes on disk once the system stopped gracefully (each flushes what it buffers on SIGTERM).
+  bytes=$(du -sb "$dir" | cut -f1)
+  printf '%s\t%s\t%s\n' "$system" "$bytes" "$rss" >>"$DISK"
   while read -r line; do
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$system" "$(field "$line" type)" "$(field "$line" p50_ms)" \
       "$(field "$line" p99_ms)" "$(field "$line" series)" "$(field "$line" points)" \
       "$(field "$line" sum)" >>"$RESULTS"
   done < <(grep '^QUERY ' "$dir.query.out")
-  say "$system: done, RSS after the queries $((rss_kb / 1024)) MiB"
+  say "$system: done, RSS after the queries $((rss / 1024)) MiB, $bytes bytes on disk after stopping"
   rm -rf "$dir"
 done
 [ -n "$RAN" ] || die "no system ran"
@@ -132,26 +138,32 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
 echo
 echo "TSBS devops query latency, $HOSTS hosts x 10 cpu series x ${HOURS} h at 10 s ($((SERIES * POINTS)) samples); $RUNS measured queries per type after one warm-up, one at a time; $(nproc) CPUs, load average before $LOAD_BEFORE, $(date -u +%Y-%m-%d), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo
+# Answers are compared against Prometheus' (the reference PromQL engine) when it ran, else the
+# first system's.
+ref=$(awk '{ print $1 }' <<<"$RAN")
+case " $RAN " in *" prometheus "*) ref=prometheus ;; esac
+ratio_cols=()
+for system in $RAN; do
+  case "$system" in strata-*)
+    for base in prometheus vm; do
+      case " $RAN " in *" $base "*) ratio_cols+=("$system/$base") ;; esac
+    done ;;
+  esac
+done
 header="| type |"; rule="|---|"
 for system in $RAN; do header="$header $(label "$system") p50 / p99 ms |"; rule="$rule---|"; done
-case " $RAN " in *" strata-rf1 "*)
-  case " $RAN " in *" prometheus "*) header="$header Strata / Prometheus (p50) |"; rule="$rule---|" ;; esac
-  case " $RAN " in *" vm "*) header="$header Strata / VM (p50) |"; rule="$rule---|" ;; esac ;;
-esac
-header="$header series, points answered by $(awk '{ print $1 }' <<<"$RAN"); the others' answers alike? |"; rule="$rule---|"
+for c in "${ratio_cols[@]}"; do header="$header ${c%/*} / ${c#*/} (p50) |"; rule="$rule---|"; done
+header="$header series, points answered by $ref; the others' answers alike? |"; rule="$rule---|"
 echo "$header"
 echo "$rule"
 for type in $(awk -F'\t' '{ print $2 }' "$RESULTS" | awk '!seen[$0]++'); do
   row="| $type |"
   for system in $RAN; do row="$row $(cell "$system" "$type" 3) / $(cell "$system" "$type" 4) |"; done
-  case " $RAN " in *" strata-rf1 "*)
-    s=$(cell strata-rf1 "$type" 3)
-    case " $RAN " in *" prometheus "*) row="$row $(ratio "$s" "$(cell prometheus "$type" 3)") |" ;; esac
-    case " $RAN " in *" vm "*) row="$row $(ratio "$s" "$(cell vm "$type" 3)") |" ;; esac ;;
-  esac
-  # Each system's answers against the first system's (Prometheus by default): alike when the
-  # series and point counts are equal and the sums of values within 1e-9 relative.
-  ref=$(awk '{ print $1 }' <<<"$RAN")
+  for c in "${ratio_cols[@]}"; do
+    row="$row $(ratio "$(cell "${c%/*}" "$type" 3)" "$(cell "${c#*/}" "$type" 3)") |"
+  done
+  # Each system's answers against the reference's: alike when the series and point counts are
+  # equal and the sums of values within 1e-9 relative.
   answers="$(cell "$ref" "$type" 5), $(cell "$ref" "$type" 6)"
   for system in $RAN; do
     [ "$system" != "$ref" ] || continue
@@ -169,3 +181,15 @@ for type in $(awk -F'\t' '{ print $2 }' "$RESULTS" | awk '!seen[$0]++'); do
   row="$row $answers |"
   echo "$row"
 done
+
+echo
+echo "Disk and memory after loading the same dataset ($((SERIES * POINTS)) samples, $SERIES series): bytes under the data directory after a graceful stop; resident memory (VmRSS) after the queries"
+echo
+echo "| system | durability at ack | bytes on disk | bytes per sample | vs VM | RSS after queries |"
+echo "|---|---|---|---|---|---|"
+vm_bytes=$(awk -F'\t' '$1 == "vm" { print $2 }' "$DISK")
+while IFS=$'\t' read -r system bytes rss; do
+  printf '| %s | %s | %s | %.2f | %s | %d MiB |\n' "$(label "$system")" "$(durability "$system")" \
+    "$bytes" "$(awk -v b="$bytes" -v n=$((SERIES * POINTS)) 'BEGIN { print b / n }')" \
+    "$(ratio "$bytes" "$vm_bytes")" $((rss / 1024))
+done <"$DISK"

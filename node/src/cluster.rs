@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::config::{NodeConfig, Peer};
+use crate::config::{NodeConfig, Peer, SharedSections};
 use crate::server::{Node, NodeServer, group_name};
 use strata_raft::meta::MetaState;
 use strata_raft::registry::{Consistency, ReadError};
@@ -94,7 +94,18 @@ impl Cluster {
     /// `data_dir` with a ring of `shards` shards, node N listening on `base_port + N - 1` of
     /// 127.0.0.1 (`base_port` 0: ports the OS picks). Returns once every group has a leader.
     pub async fn start_dev(data_dir: &Path, shards: u32, base_port: u16) -> anyhow::Result<Self> {
+        Self::start_dev_with(data_dir, shards, base_port, &SharedSections::default()).await
+    }
+
+    /// [`Cluster::start_dev`] with `sections` (`strata dev --config`) on every node.
+    pub async fn start_dev_with(
+        data_dir: &Path,
+        shards: u32,
+        base_port: u16,
+        sections: &SharedSections,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(shards > 0, "a ring needs at least one shard");
+        sections.apply_to(NodeConfig::default()).validate()?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
         let addrs_path = data_dir.join(ADDRS_FILE);
@@ -154,7 +165,7 @@ impl Cluster {
                 shards,
                 vnodes_per_shard: VNODES_PER_SHARD,
                 replication_factor: NODES as usize,
-                ..NodeConfig::default()
+                ..sections.apply_to(NodeConfig::default())
             };
             match NodeServer::start(&config, listener).await {
                 Ok(node) => cluster.nodes.push(node),
@@ -339,6 +350,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub shards: u32,
     pub base_port: u16,
+    /// `--config FILE`'s sections, shared by the three nodes.
+    pub sections: SharedSections,
 }
 
 /// `strata dev`: starts the cluster, prints where everything is, runs until Ctrl-C or
@@ -349,7 +362,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .build()
         .context("start the tokio runtime")?;
     runtime.block_on(async {
-        let mut cluster = Cluster::start_dev(&opts.data_dir, opts.shards, opts.base_port).await?;
+        let mut cluster =
+            Cluster::start_dev_with(&opts.data_dir, opts.shards, opts.base_port, &opts.sections)
+                .await?;
         let http_base = if opts.base_port == 0 {
             0
         } else {

@@ -162,6 +162,37 @@ pub struct NodeConfig {
     pub query: QuerySection,
 }
 
+/// What `strata dev --config FILE` reads from a file: the sections its three nodes share.
+/// Each node's identity (id, zone, addresses, data directory) and the cluster's shape
+/// (shards, replication) are `strata dev`'s own, so a file naming them is refused as an
+/// unknown key rather than silently ignored.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedSections {
+    pub multi_tenant: bool,
+    pub raft: RaftSection,
+    pub write: WriteSection,
+    pub query: QuerySection,
+}
+
+impl SharedSections {
+    /// Reads a TOML file; every key is optional (defaults as in [`NodeConfig`]).
+    pub fn from_file(path: &Path) -> anyhow::Result<SharedSections> {
+        read_toml(path)
+    }
+
+    /// `config` with these sections in place of its own.
+    pub fn apply_to(&self, config: NodeConfig) -> NodeConfig {
+        NodeConfig {
+            multi_tenant: self.multi_tenant,
+            raft: self.raft.clone(),
+            write: self.write.clone(),
+            query: self.query.clone(),
+            ..config
+        }
+    }
+}
+
 /// Bound on `[write]`'s two windows: a year either way is more than any backfill needs, and
 /// keeps `now ± window` far from overflowing.
 pub const WRITE_WINDOW_MAX_MS: u64 = 366 * 24 * 3_600_000;
@@ -192,6 +223,12 @@ impl Default for NodeConfig {
     }
 }
 
+/// A TOML file as `T`; an error names the file and, from serde, the key and line.
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 fn check_addr(what: &str, addr: &str) -> anyhow::Result<()> {
     let (host, port) = addr
         .rsplit_once(':')
@@ -205,9 +242,7 @@ fn check_addr(what: &str, addr: &str) -> anyhow::Result<()> {
 impl NodeConfig {
     /// Reads a TOML file; every key is optional (defaults above).
     pub fn from_file(path: &Path) -> anyhow::Result<NodeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        read_toml(path)
     }
 
     /// Applies `strata start` flags (`--key value`, the file's key with `-` for `_`) over
@@ -409,5 +444,19 @@ mod tests {
         c.write.accept_future_ms = WRITE_WINDOW_MAX_MS + 1;
         let e = c.validate().unwrap_err();
         assert!(e.to_string().contains("write.accept_future_ms"), "{e}");
+    }
+
+    #[test]
+    fn dev_takes_the_shared_sections_and_refuses_identity_keys() {
+        let s = toml::from_str::<SharedSections>("[write]\naccept_past_ms = 46800000").unwrap();
+        let c = s.apply_to(NodeConfig {
+            node_id: 2,
+            ..NodeConfig::default()
+        });
+        assert_eq!((c.node_id, c.write.accept_past_ms), (2, 13 * 3_600_000));
+        for key in ["zone = \"z\"", "shards = 4", "node_id = 2"] {
+            let e = toml::from_str::<SharedSections>(key).unwrap_err();
+            assert!(e.to_string().contains("unknown field"), "{key}: {e}");
+        }
     }
 }

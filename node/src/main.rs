@@ -9,9 +9,9 @@
 //!   configured by a TOML file ([`strata_node::config`]) and flags; bare, a single-node cluster.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use strata_node::config::NodeConfig;
+use strata_node::config::{NodeConfig, SharedSections};
 
 /// mimalloc rather than glibc malloc: ingest spends a quarter of its CPU allocating and
 /// freeing small buffers across tokio's worker threads (docs/BENCHMARKS.md, "Ingest").
@@ -24,7 +24,7 @@ usage: strata start [--config FILE] [--node-id N] [--zone Z] [--data-dir DIR]
                     [--raft-addr HOST:PORT] [--http-addr HOST:PORT]
                     [--peers ID@HOST:PORT,...] [--join ID@HOST:PORT,...]
                     [--shards N] [--replication-factor R] [--multi-tenant true|false]
-       strata dev [--data-dir DIR] [--shards N] [--base-port P]
+       strata dev [--config FILE] [--data-dir DIR] [--shards N] [--base-port P]
        strata demo [--data-dir DIR] [--hosts N] [--hours H]
 
   start  run one node of a cluster until Ctrl-C or SIGTERM (then: stop taking writes,
@@ -45,7 +45,9 @@ usage: strata start [--config FILE] [--node-id N] [--zone Z] [--data-dir DIR]
          replicated on all three nodes; node K serves Raft gRPC on port P+K-1 and
          Prometheus remote write at http://127.0.0.1:(P+100+K-1)/api/v1/write (P = 0:
          ports the OS picks, printed). Data goes under DIR/node-K; started again on the
-         same DIR, it resumes that cluster (its ring and ports) instead of making a new one
+         same DIR, it resumes that cluster (its ring and ports) instead of making a new one.
+         --config FILE: a TOML file of the sections all three nodes share (multi_tenant,
+         [raft], [write], [query]; docs/configuration.md)
          (defaults: --data-dir ./strata-dev --shards 8 --base-port 7001)";
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir: PathBuf::from("./strata-dev"),
                 shards: cluster::SHARDS_DEFAULT,
                 base_port: cluster::BASE_PORT_DEFAULT,
+                sections: SharedSections::default(),
             };
             let mut rest = args[1..].iter();
             while let Some(flag) = rest.next() {
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                         println!("{USAGE}");
                         return Ok(());
                     }
+                    "--config" => opts.sections = SharedSections::from_file(Path::new(value()?))?,
                     "--data-dir" => opts.data_dir = PathBuf::from(value()?),
                     "--shards" => {
                         let v = value()?;

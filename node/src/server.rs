@@ -31,7 +31,14 @@
 //!    step 4); and leadership is handed to the preferred leader (slot 0)
 //!    once it is a fully caught-up voter and this node has led for [`PREFERRED_LEADER_DELAY`],
 //!    so leaders spread again after a failover.
-//! 6. **Log lines** when this node starts hosting a group or a hosted group's leader changes.
+//! 6. **Storage upkeep** of every hosted shard replica. The leader proposes `Seal` then
+//!    `Compact` when the engine's head holds a block and a half past its sealed boundary
+//!    (`Engine::seal_due`), and `Retention` with its clock's time when it starts leading and
+//!    every [`RETENTION_EVERY`] after; one such task per group at a time. Every replica
+//!    snapshots once a seal has moved its sealed boundary, so the log entries the blocks now
+//!    hold are purged (up to `keep_after_snapshot` behind) instead of waiting for
+//!    `snapshot_after_entries` more. Without this the head would grow without bound.
+//! 7. **Log lines** when this node starts hosting a group or a hosted group's leader changes.
 //!
 //! ## Invariants
 //! - S1. Only slot 0 of a placement initializes a shard group, and only if it hosts no
@@ -79,6 +86,12 @@ pub type Node = Arc<Registry<GrpcRouter>>;
 
 /// Interval of the control loop.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How often the leader of a shard group applies retention (step 6); a block is 2 h, so an
+/// hour late at most is well inside what retention promises.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How long the meta group's applied index must stay put before a node snapshots its meta
+/// replica (step 6).
+pub const META_SNAPSHOT_QUIET: Duration = Duration::from_secs(10);
 /// Remote-write requests one node handles at once; more get 503 + Retry-After.
 pub const HTTP_WRITES_IN_FLIGHT_MAX: usize = 64;
 /// Bound on a server's graceful stop before it is aborted.
@@ -278,6 +291,11 @@ impl NodeServer {
             adding: Arc::new(Mutex::new(BTreeSet::new())),
             retiring: BTreeMap::new(),
             last_transfer: BTreeMap::new(),
+            upkeeping: Arc::new(Mutex::new(BTreeSet::new())),
+            last_retention: BTreeMap::new(),
+            sealed_seen: BTreeMap::new(),
+            meta_applied: None,
+            meta_snapshot_asked: 0,
             leaders: BTreeMap::new(),
             last_error: BTreeMap::new(),
             said_ring: false,
@@ -598,6 +616,16 @@ struct Controller {
     /// demotion committed (step 5, [`Controller::retire`]).
     retiring: BTreeMap<(GroupId, NodeId), Instant>,
     last_transfer: BTreeMap<GroupId, Instant>,
+    /// Shard groups with upkeep commands in flight from this node (step 6).
+    upkeeping: Arc<Mutex<BTreeSet<GroupId>>>,
+    /// When this node last proposed `Retention` for a group it leads (step 6).
+    last_retention: BTreeMap<GroupId, Instant>,
+    /// Each hosted shard replica's sealed boundary at the last tick (step 6).
+    sealed_seen: BTreeMap<GroupId, i64>,
+    /// The meta replica's applied index at the last tick and since when it has been so.
+    meta_applied: Option<(u64, Instant)>,
+    /// The meta applied index this node last asked a snapshot at.
+    meta_snapshot_asked: u64,
     /// The leader of each hosted group at the last tick and since when this node has seen it
     /// lead, for log lines and [`PREFERRED_LEADER_DELAY`].
     leaders: BTreeMap<GroupId, (Option<NodeId>, Instant)>,
@@ -677,7 +705,89 @@ impl Controller {
         let r = self.drop_retired(&state).await;
         self.report("drop retired replicas", r);
         self.lead(&state).await;
+        self.upkeep().await;
         self.log_leaders();
+    }
+
+    /// Step 6: storage upkeep of every hosted replica.
+    async fn upkeep(&mut self) {
+        self.snapshot_meta_when_quiet().await;
+        for group in self.registry.groups() {
+            if group == META_GROUP {
+                continue;
+            }
+            let Ok((sealed_until, seal_due)) = self
+                .registry
+                .read(group, Consistency::Any, |e| {
+                    (e.stats().sealed_until_ms, e.seal_due())
+                })
+                .await
+            else {
+                continue;
+            };
+            // Every replica: once a seal moved the boundary, snapshot, so the log entries the
+            // seal made redundant can be purged (else they wait for `snapshot_after_entries`).
+            let before = self.sealed_seen.insert(group, sealed_until);
+            if before.is_some_and(|b| b < sealed_until)
+                && let Err(e) = self.registry.trigger_snapshot(group).await
+            {
+                eprintln!(
+                    "{}: snapshot of {} after a seal: {e}",
+                    self.s.name,
+                    group_name(group)
+                );
+            }
+            if !self.registry.is_leader(group) {
+                continue;
+            }
+            let mut commands = Vec::new();
+            if seal_due {
+                commands.extend([Command::Seal, Command::Compact]);
+            }
+            if self
+                .last_retention
+                .get(&group)
+                .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+            {
+                commands.push(Command::Retention {
+                    now_ms: self.clock.now_ms(),
+                });
+            }
+            if commands.is_empty()
+                || !self
+                    .upkeeping
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(group)
+            {
+                continue;
+            }
+            if commands
+                .iter()
+                .any(|c| matches!(c, Command::Retention { .. }))
+            {
+                self.last_retention.insert(group, Instant::now());
+            }
+            let (registry, upkeeping, name) = (
+                Arc::clone(&self.registry),
+                Arc::clone(&self.upkeeping),
+                self.s.name.clone(),
+            );
+            // Its own task: a seal of a large head takes longer than a tick.
+            tokio::spawn(async move {
+                for command in commands {
+                    let what = command.to_string();
+                    if let Err(e) = registry.propose(group, command).await {
+                        eprintln!("{name}: {what} of {} failed: {e}", group_name(group));
+                        break;
+                    }
+                }
+                upkeeping
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&group);
+            });
+        }
     }
 
     /// Step 1.
@@ -989,6 +1099,33 @@ impl Controller {
                         group_name(group)
                     );
                 }
+            }
+        }
+    }
+
+    /// Step 6 for the meta replica: snapshot it once its applied index has not moved for
+    /// [`META_SNAPSHOT_QUIET`] and lies past its last snapshot, so its log is purged (it keeps
+    /// no entries behind a snapshot) and stops pinning old WAL segments.
+    async fn snapshot_meta_when_quiet(&mut self) {
+        let Some(metrics) = self.registry.metrics(META_GROUP) else {
+            return;
+        };
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        let snapshot = metrics.snapshot.map_or(0, |l| l.index);
+        let since = match self.meta_applied {
+            Some((index, since)) if index == applied => since,
+            _ => {
+                self.meta_applied = Some((applied, Instant::now()));
+                return;
+            }
+        };
+        // Once per applied index: a snapshot under way does not show in the metrics yet.
+        if applied > snapshot.max(self.meta_snapshot_asked)
+            && since.elapsed() >= META_SNAPSHOT_QUIET
+        {
+            self.meta_snapshot_asked = applied;
+            if let Err(e) = self.registry.trigger_snapshot(META_GROUP).await {
+                eprintln!("{}: snapshot of the meta group: {e}", self.s.name);
             }
         }
     }

@@ -247,3 +247,74 @@ async fn grpc_write_answers_like_remote_write() {
     drop(client);
     cluster.shutdown().await;
 }
+
+/// Storage upkeep (the control loop's step 6): once a shard's head holds more than a block and
+/// a half, its leader has it sealed into block files on every replica, each replica snapshots
+/// after the seal, every sample stays readable, and the meta group, quiet for a while, is
+/// snapshotted with nothing kept behind, so its early entries no longer pin WAL segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_data_is_sealed_into_blocks_and_logs_are_snapshotted() {
+    use strata_node::config::SharedSections;
+    use strata_raft::types::META_GROUP;
+    let dir = TempDir::new("upkeep");
+    let mut sections = SharedSections::default();
+    sections.write.accept_past_ms = 6 * 3_600_000;
+    let mut cluster = Cluster::start_dev_with(&dir.0, 2, 0, &sections).await.unwrap();
+    let http = cluster.serve_http(0).await.unwrap();
+
+    // 20 series, one sample a minute for the last 5 h: 2.5 blocks of 2 h.
+    let now = SystemClock.now_ms() / 60_000 * 60_000;
+    let points: Vec<(i64, f64)> = (0..300)
+        .map(|k| (now - (299 - k) * 60_000, k as f64))
+        .collect();
+    let batch: Vec<pb::TimeSeries> = (0..20)
+        .map(|i| series("node_load1", &format!("host-{i}"), &points))
+        .collect();
+    assert_eq!(
+        post(http[&1], &body(batch), "snappy").await,
+        (204, String::new())
+    );
+
+    let ring = Ring::new(2, strata_node::cluster::VNODES_PER_SHARD).unwrap();
+    let mut upkept = false;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut all = true;
+        for node in cluster.nodes() {
+            for shard in 0..2 {
+                let group = group_of(strata_router::ring::ShardId(shard));
+                let stats = node
+                    .read(group, Consistency::Any, |e| e.stats())
+                    .await
+                    .unwrap();
+                let snapshot = node.metrics(group).and_then(|m| m.snapshot);
+                all &= stats.blocks > 0 && !stats.sealed_until_ms.is_negative();
+                all &= snapshot.is_some();
+            }
+            let meta = node.metrics(META_GROUP).unwrap();
+            all &= meta.purged.is_some() && meta.purged == meta.snapshot;
+        }
+        if all {
+            upkept = true;
+            break;
+        }
+    }
+    assert!(
+        upkept,
+        "within 30 s every replica should have sealed blocks, a snapshot after the seal, and a \
+         purged meta log"
+    );
+    for i in (0..20).step_by(7) {
+        let k = key("node_load1", &format!("host-{i}"));
+        let group = group_of(ring.shard_of(k.id()));
+        for node in cluster.nodes() {
+            let stored = node
+                .read(group, Consistency::Any, |e| e.read_series(&k, 0, i64::MAX / 4))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored.len(), 300, "host-{i} on node {}", node.node());
+        }
+    }
+    cluster.shutdown().await;
+}

@@ -163,7 +163,14 @@ impl RegistryConfig {
             election_timeout_max: t.election_timeout_max_ms,
             install_snapshot_timeout: t.snapshot_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_after_entries),
-            max_in_snapshot_log_to_keep: t.keep_after_snapshot,
+            // The meta group's log is short and its snapshots small, so it keeps nothing
+            // behind a snapshot: a live meta entry pins its whole WAL segment, shard entries
+            // and all (W5), and the meta group would rarely reach `keep_after_snapshot`.
+            max_in_snapshot_log_to_keep: if group == META_GROUP {
+                0
+            } else {
+                t.keep_after_snapshot
+            },
             ..Default::default()
         };
         config
@@ -863,6 +870,21 @@ impl<T: Transport> Registry<T> {
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
         let replica = self.leader_replica(group)?;
         on_raft!(&replica.raft, raft => raft.trigger().transfer_leader(to).await).map_err(|e| {
+            AdminError::Stopped {
+                group,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Asks this node's replica of `group` to build a snapshot now (then purge its log up to it,
+    /// less `keep_after_snapshot` entries); returns once asked, not once built.
+    pub async fn trigger_snapshot(&self, group: GroupId) -> Result<(), AdminError> {
+        let node = self.config.node;
+        let replica = self
+            .replica(group)
+            .ok_or(AdminError::NoSuchGroup { node, group })?;
+        on_raft!(&replica.raft, raft => raft.trigger().snapshot().await).map_err(|e| {
             AdminError::Stopped {
                 group,
                 reason: e.to_string(),

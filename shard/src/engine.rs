@@ -1077,13 +1077,21 @@ impl Engine {
     /// boundary that lies at least half a block behind the newest sample (as Prometheus keeps
     /// 1.5 blocks in its head), plus late data behind earlier seals. Publishes a checkpoint.
     pub fn seal(&mut self) -> Result<()> {
-        let auto = self
-            .head_max_ts()
+        self.seal_until(self.auto_seal_cut().max(self.sealed_until_ms))
+    }
+
+    /// Whether [`Self::seal`] would move the sealed boundary forward: the head's newest sample
+    /// is a block and a half past it. (Late data behind the boundary waits for that seal.)
+    pub fn seal_due(&self) -> bool {
+        self.auto_seal_cut() > self.sealed_until_ms
+    }
+
+    fn auto_seal_cut(&self) -> i64 {
+        self.head_max_ts()
             .map(|max| {
                 window_end(max - self.cfg.block_ms / 2, self.cfg.block_ms) - self.cfg.block_ms
             })
-            .unwrap_or(i64::MIN);
-        self.seal_until(auto.max(self.sealed_until_ms))
+            .unwrap_or(i64::MIN)
     }
 
     /// Persists every head sample with `ts <= cut` (`cut` on a block boundary) into raw blocks

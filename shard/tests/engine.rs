@@ -187,6 +187,26 @@ fn sealed_data_survives_reopen_and_crash_loses_only_what_no_checkpoint_covered()
 }
 
 #[test]
+fn a_seal_is_due_once_the_head_is_a_block_and_a_half_past_the_sealed_boundary() {
+    let fs = SimFs::new();
+    let mut e = open(&fs, |_| {});
+    assert!(!e.seal_due(), "an empty head has nothing to seal");
+    let k = up("a");
+    // Newest at 3 h: the cut is the block end at or after 3 h - 1 h, less a block: 0 h.
+    e.append(&k, &samples(&[(1000, 1.0), (3 * HOUR, 2.0)])).unwrap();
+    assert!(e.seal_due(), "the head holds the first 2 h block (cut 0) and 1 h more");
+    e.seal().unwrap();
+    assert!(!e.seal_due(), "sealed up to the cut; nothing more is due");
+    assert_eq!(e.stats().sealed_until_ms, 0);
+    // Newest at 4 h 59 m: the block end at or after 3 h 59 m is 4 h; less a block, 2 h.
+    e.append(&k, &samples(&[(5 * HOUR - 60_000, 3.0)])).unwrap();
+    assert!(e.seal_due());
+    e.seal().unwrap();
+    assert!(!e.seal_due());
+    assert_eq!(e.stats().sealed_until_ms, 2 * HOUR);
+}
+
+#[test]
 fn checkpoint_keeps_the_head_across_a_crash() {
     let fs = SimFs::new();
     let k = up("a");
