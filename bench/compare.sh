@@ -14,10 +14,11 @@
 # header (commit, machine, date, versions) and the tables, and keeps them in --out.
 # Method, caveats and the published figures: docs/BENCHMARKS.md, "Comparison".
 #
-# usage: bench/compare.sh [--runs N] [--systems "strata-rf1 strata-rf3 vm prometheus"]
+# usage: bench/compare.sh [--runs N] [--points P] [--systems "strata-rf1 strata-rf3 vm prometheus"]
 #                         [--out FILE] [--no-build] [--quick]
 #
 #   --runs N   ingest runs per system at saturation (default 3)
+#   --points P points per series of each saturation run (default 1500: 15 M samples)
 #   --out F    where the report goes as well as stdout (default bench-results-<date>.md in
 #              the current directory)
 #   --quick    a functional check of the whole pipeline, not a measurement
@@ -26,6 +27,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=3
+POINTS=1500
 SYSTEMS="strata-rf1 strata-rf3 vm prometheus"
 OUT=""
 BUILD=1
@@ -37,6 +39,7 @@ say() { echo "compare.sh: $*" >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
+    --points) POINTS=$2; shift 2 ;;
     --systems) SYSTEMS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -71,7 +74,7 @@ prom_version=$(dpkg-query -W -f='${Version}' prometheus 2>/dev/null || echo unkn
   echo "- Debian packages: victoria-metrics $vm_version, prometheus $prom_version"
   echo "- systems, in order: $SYSTEMS"
   echo
-  "$ROOT/bench/ingest.sh" --no-build --runs "$RUNS" --systems "$SYSTEMS" "${QUICK[@]}"
+  "$ROOT/bench/ingest.sh" --no-build --runs "$RUNS" --points "$POINTS" --systems "$SYSTEMS" "${QUICK[@]}"
   echo
   "$ROOT/bench/query.sh" --no-build --systems "$SYSTEMS" "${QUICK[@]}"
 } | tee "$OUT"
