@@ -259,7 +259,9 @@ async fn old_data_is_sealed_into_blocks_and_logs_are_snapshotted() {
     let dir = TempDir::new("upkeep");
     let mut sections = SharedSections::default();
     sections.write.accept_past_ms = 6 * 3_600_000;
-    let mut cluster = Cluster::start_dev_with(&dir.0, 2, 0, &sections).await.unwrap();
+    let mut cluster = Cluster::start_dev_with(&dir.0, 2, 0, &sections)
+        .await
+        .unwrap();
     let http = cluster.serve_http(0).await.unwrap();
 
     // 20 series, one sample a minute for the last 5 h: 2.5 blocks of 2 h.
@@ -309,7 +311,9 @@ async fn old_data_is_sealed_into_blocks_and_logs_are_snapshotted() {
         let group = group_of(ring.shard_of(k.id()));
         for node in cluster.nodes() {
             let stored = node
-                .read(group, Consistency::Any, |e| e.read_series(&k, 0, i64::MAX / 4))
+                .read(group, Consistency::Any, |e| {
+                    e.read_series(&k, 0, i64::MAX / 4)
+                })
                 .await
                 .unwrap()
                 .unwrap();

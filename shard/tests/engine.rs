@@ -193,8 +193,12 @@ fn a_seal_is_due_once_the_head_is_a_block_and_a_half_past_the_sealed_boundary() 
     assert!(!e.seal_due(), "an empty head has nothing to seal");
     let k = up("a");
     // Newest at 3 h: the cut is the block end at or after 3 h - 1 h, less a block: 0 h.
-    e.append(&k, &samples(&[(1000, 1.0), (3 * HOUR, 2.0)])).unwrap();
-    assert!(e.seal_due(), "the head holds the first 2 h block (cut 0) and 1 h more");
+    e.append(&k, &samples(&[(1000, 1.0), (3 * HOUR, 2.0)]))
+        .unwrap();
+    assert!(
+        e.seal_due(),
+        "the head holds the first 2 h block (cut 0) and 1 h more"
+    );
     e.seal().unwrap();
     assert!(!e.seal_due(), "sealed up to the cut; nothing more is due");
     assert_eq!(e.stats().sealed_until_ms, 0);
