@@ -719,7 +719,7 @@ impl Controller {
             let Ok((sealed_until, seal_due)) = self
                 .registry
                 .read(group, Consistency::Any, |e| {
-                    (e.stats().sealed_until_ms, e.seal_due())
+                    (e.sealed_until_ms(), e.seal_due())
                 })
                 .await
             else {

@@ -1086,6 +1086,11 @@ impl Engine {
         self.auto_seal_cut() > self.sealed_until_ms
     }
 
+    /// Every sample at or before this is in blocks (`i64::MIN` before the first seal).
+    pub fn sealed_until_ms(&self) -> i64 {
+        self.sealed_until_ms
+    }
+
     fn auto_seal_cut(&self) -> i64 {
         self.head_max_ts()
             .map(|max| {
